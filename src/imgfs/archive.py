@@ -1,0 +1,360 @@
+"""The library's entry point: an archive, its images, their layers and trees, opened lazily."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import formats
+from .errors import FormatError, ImgfsError, SelectionError
+from .formats import ImageDesc, LayerDesc
+from .tarindex import FileSource, MemberIndex, Source, open_maybe_compressed, scan
+from .tarindex.reader import HARDLINK, SYMLINK, normalize
+from .tarindex.source import SliceSource
+from .tree import Tree, layer_tree, merged_tree
+
+Progress = Callable[[str, int, int], None]
+
+
+class _OuterReader:
+    """Members of the outer tar by path, following the archive's own symlinks and hard links."""
+
+    def __init__(self, src: Source, index: MemberIndex) -> None:
+        self.src = src
+        self.index = index
+        self.by_name = {name: i for i, name in enumerate(index.names)}
+
+    def member(self, path: str) -> int | None:
+        key: bytes | None = normalize(path.encode("utf-8", "surrogateescape"))
+        for _ in range(40):
+            if key is None:
+                return None
+            i = self.by_name.get(key)
+            if i is None:
+                return None
+            k = self.index.kinds[i]
+            if k == SYMLINK:  # legacy docker save: <id>/layer.tar -> ../<id2>/layer.tar
+                target = self.index.links.get(i, b"")
+                base = b"" if target.startswith(b"/") else key.rpartition(b"/")[0]
+                key = normalize(base + b"/" + target if base else target)
+            elif k == HARDLINK:
+                key = normalize(self.index.links.get(i, b""))
+            else:
+                return i
+        return None
+
+    def exists(self, path: str) -> bool:
+        return self.member(path) is not None
+
+    def slice(self, path: str) -> SliceSource:
+        i = self.member(path)
+        if i is None:
+            raise FormatError(f"{path} is missing from the archive")
+        reason = self.index.broken.get(i)
+        if reason:
+            raise FormatError(f"{path}: {reason}")
+        return SliceSource(self.src, self.index.offsets[i], self.index.sizes[i])
+
+    def read(self, path: str) -> bytes:
+        s = self.slice(path)
+        return s.pread(0, s.size)
+
+
+class Layer:
+    """One layer of an image: its blob, its name, and (on demand) its member index and tree."""
+
+    def __init__(self, image: Image, position: int, desc: LayerDesc, name: str,
+                 created_by: str | None, created: str | None) -> None:
+        self.image = image
+        self.position = position
+        self.desc = desc
+        self.name = name
+        self.created_by = created_by
+        self.created = created
+
+    @property
+    def number(self) -> int:
+        """1-based position, bottom layer first."""
+        return self.position + 1
+
+    @property
+    def digest(self) -> str | None:
+        """The blob digest (compressed, when the blob is)."""
+        return self.desc.digest
+
+    @property
+    def diff_id(self) -> str | None:
+        """The digest of the uncompressed layer tar, from the config."""
+        return self.desc.diff_id
+
+    @property
+    def member(self) -> str:
+        """The blob's path inside the archive."""
+        return self.desc.member
+
+    @property
+    def blob_size(self) -> int | None:
+        """Size of the blob as stored in the archive, or None if it is missing."""
+        try:
+            return self.image.archive.blob(self.member)[0].size
+        except ImgfsError:
+            return None
+
+    @property
+    def compression(self) -> str | None:
+        """'gzip', 'zstd' or None, from the blob's magic bytes."""
+        return self.image.archive.blob(self.member)[1]
+
+    def index(self) -> MemberIndex:
+        """The layer's member index (scanned once, shared by every image using the blob)."""
+        return self.image.archive.layer_index(self.member)
+
+    def source(self) -> Source:
+        """The layer's uncompressed bytes."""
+        return self.image.archive.blob(self.member)[0]
+
+    def tree(self) -> Tree:
+        """The layer as its tar holds it, whiteout markers included."""
+        return self.image.layer_tree(self.position)
+
+    def __repr__(self) -> str:
+        return f"<Layer {self.name!r}>"
+
+
+class Image:
+    """One image of an archive: config, layers (bottom first) and the merged root filesystem."""
+
+    def __init__(self, archive: Archive, desc: ImageDesc) -> None:
+        self.archive = archive
+        self.desc = desc
+        digests = [ld.diff_id or ld.digest for ld in desc.layers]
+        names, commands, warnings = formats.layer_names(desc.config, digests)
+        hist, _ = formats.naming.history_for_layers(desc.config, len(desc.layers))
+        self.warnings: list[str] = list(desc.warnings) + warnings
+        self.layers = [
+            Layer(self, i, ld, names[i], commands[i],
+                  h.get("created") if h and isinstance(h.get("created"), str) else None)
+            for i, (ld, h) in enumerate(zip(desc.layers, hist))
+        ]
+        self._lock = threading.Lock()
+        self._merged: Tree | None = None
+        self._link_refs: dict[int, int] = {}
+        self._layer_trees: dict[int, Tree] = {}
+
+    @property
+    def label(self) -> str:
+        """A short human name: the first tag or ref, else a digest prefix."""
+        return formats.label(self.desc)
+
+    @property
+    def refs(self) -> list[str]:
+        """Tags and reference names the archive gives this image."""
+        return self.desc.refs
+
+    @property
+    def digest(self) -> str | None:
+        """The manifest digest, where the archive records one."""
+        return self.desc.digest
+
+    @property
+    def config_digest(self) -> str | None:
+        """The digest of the config blob (the image ID for Docker)."""
+        return self.desc.config_digest
+
+    @property
+    def platform(self) -> str | None:
+        """os/arch[/variant]."""
+        return self.desc.platform
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The image config document."""
+        return self.desc.config
+
+    def _indexes(self) -> tuple[list[MemberIndex | None], list[Source | None]]:
+        indexes: list[MemberIndex | None] = []
+        sources: list[Source | None] = []
+        for layer in self.layers:
+            try:
+                indexes.append(layer.index())
+                sources.append(layer.source())
+            except ImgfsError as e:
+                self.archive.warn(f"layer {layer.number} ({layer.member}): {e}")
+                indexes.append(None)
+                sources.append(None)
+        return indexes, sources
+
+    def merged(self) -> Tree:
+        """The root filesystem with every layer applied (built once)."""
+        with self._lock:
+            if self._merged is None:
+                indexes, sources = self._indexes()
+                self._merged, self._link_refs = merged_tree(indexes, sources)
+                for w in self._merged.warnings:
+                    self.archive.warn(w)
+            return self._merged
+
+    def layer_tree(self, position: int) -> Tree:
+        """One layer's own tree (built once)."""
+        self.merged()  # hard links to lower layers resolve through the merged build
+        with self._lock:
+            tree = self._layer_trees.get(position)
+            if tree is None:
+                indexes, sources = self._indexes()
+                if indexes[position] is None:
+                    raise FormatError(f"layer {position + 1} ({self.layers[position].member}) cannot be read")
+                tree = layer_tree(position, indexes, sources, self._link_refs)
+                self._layer_trees[position] = tree
+            return tree
+
+    def find_layer(self, sel: str) -> Layer:
+        """Pick a layer by 1-based index (negative from the top), digest prefix or command substring."""
+        layers = self.layers
+        try:
+            n = int(sel)
+        except ValueError:
+            n = None
+        if n is not None:
+            if 1 <= n <= len(layers):
+                return layers[n - 1]
+            if -len(layers) <= n <= -1:
+                return layers[n]
+            raise SelectionError(f"--layer {sel}: the image has {len(layers)} layers (1..{len(layers)}, or -1 for the top)")
+        s = sel.removeprefix("sha256:")
+        hits = []
+        if len(s) >= 4 and all(c in "0123456789abcdef" for c in s):
+            hits = [la for la in layers if any(d and d.removeprefix("sha256:").startswith(s)
+                                                for d in (la.digest, la.diff_id))]
+        if not hits:
+            hits = [la for la in layers if la.created_by and sel in la.created_by]
+        if not hits:
+            hits = [la for la in layers if sel in la.name]
+        if len(hits) == 1:
+            return hits[0]
+        listing = "; ".join(la.name for la in (hits or layers))
+        if not hits:
+            raise SelectionError(f"--layer {sel!r} matches no layer; layers: {listing}")
+        raise SelectionError(f"--layer {sel!r} matches {len(hits)} layers: {listing}")
+
+    def __repr__(self) -> str:
+        return f"<Image {self.label!r} {self.platform or ''}>"
+
+
+class Archive:
+    """A saved image archive (docker save, podman save, OCI archive; optionally gzipped whole)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, spool_dir: str | None = None,
+                 warn: Callable[[str], None] | None = None, progress: Progress | None = None) -> None:
+        self.path = os.fspath(path)
+        self._warn = warn
+        self.progress = progress
+        self.spool_dir = spool_dir
+        if os.path.isdir(self.path):
+            raise FormatError("is a directory, not an image archive (give the .tar file)")
+        self.file = FileSource(self.path)
+        if self.file.size == 0:
+            raise FormatError("is empty, not an image archive")
+        self.outer, self.outer_compression = open_maybe_compressed(self.file, spool_dir)
+        self.index = scan(self.outer, self._scan_progress("reading archive"))
+        if self.index.error:
+            self.warn(self.index.error)
+        self.reader = _OuterReader(self.outer, self.index)
+        self.kind, descs = formats.describe(self.reader)
+        if self.outer_compression:
+            self.kind += "+" + self.outer_compression
+        self.images = [Image(self, d) for d in descs]
+        self._lock = threading.Lock()
+        self._blobs: dict[str, tuple[Source, str | None]] = {}
+        self._indexes: dict[str, MemberIndex] = {}
+        self._index_errors: dict[str, ImgfsError] = {}
+        self._warned: set[str] = set()
+        for img in self.images:
+            for w in img.warnings:
+                self.warn(f"{img.label}: {w}")
+
+    def warn(self, message: str) -> None:
+        """Report a problem once (to the callback given, if any)."""
+        if message in getattr(self, "_warned", set()):
+            return
+        if hasattr(self, "_warned"):
+            self._warned.add(message)
+        if self._warn is not None:
+            self._warn(message)
+
+    def _scan_progress(self, what: str) -> Callable[[int, int], None] | None:
+        if self.progress is None:
+            return None
+        cb = self.progress
+        return lambda done, total: cb(what, done, total)
+
+    def blob(self, member: str) -> tuple[Source, str | None]:
+        """The uncompressed bytes of a blob and the compression it had."""
+        with self._lock:
+            hit = self._blobs.get(member)
+            if hit is None:
+                hit = open_maybe_compressed(self.reader.slice(member), self.spool_dir)
+                self._blobs[member] = hit
+            return hit
+
+    def layer_index(self, member: str) -> MemberIndex:
+        """Scan a layer blob once; later calls (any image) reuse the index or its error."""
+        with self._lock:
+            if member in self._indexes:
+                return self._indexes[member]
+            if member in self._index_errors:
+                raise self._index_errors[member]
+        try:
+            src, _ = self.blob(member)
+            idx = scan(src, self._scan_progress(f"indexing {member}"))
+        except ImgfsError as e:
+            with self._lock:
+                self._index_errors[member] = e
+            raise
+        if idx.error:
+            self.warn(f"{member}: {idx.error}")
+        with self._lock:
+            return self._indexes.setdefault(member, idx)
+
+    def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
+        """Images matching --image/--platform (host platform preferred among variants)."""
+        chosen = formats.select_images([i.desc for i in self.images], ref, platform)
+        ids = {id(d) for d in chosen}
+        return [i for i in self.images if id(i.desc) in ids]
+
+    def image(self, ref: str | None = None, platform: str | None = None) -> Image:
+        """Exactly one image, or a SelectionError listing the candidates."""
+        chosen = self.select(ref, platform)
+        if len(chosen) == 1:
+            return chosen[0]
+        if not chosen:
+            raise SelectionError("the archive holds no image")
+        raise SelectionError(
+            f"the archive holds {len(chosen)} images, choose one with --image: "
+            + ", ".join(i.label + (f" [{i.platform}]" if i.platform else "") for i in chosen))
+
+    def close(self) -> None:
+        """Release file descriptors and decompressed copies."""
+        for src, _ in self._blobs.values():
+            close = getattr(src, "close", None)
+            if close:
+                close()
+        close = getattr(self.outer, "close", None)
+        if close and self.outer is not self.file:
+            close()
+        self.file.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_archive(path: str | os.PathLike[str], **kwargs: Any) -> Archive:
+    """Open an image archive; errors name the archive."""
+    try:
+        return Archive(path, **kwargs)
+    except ImgfsError as e:
+        raise type(e)(f"{os.fspath(path)}: {e}") from None

@@ -1,0 +1,82 @@
+"""docker-archive: manifest.json from `docker save` (legacy and >= 25) and `podman save`."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..errors import FormatError
+from .model import ImageDesc, LayerDesc, MemberReader, config_platform, load_json
+
+
+def _clean(path: str) -> str:
+    while path.startswith("./"):
+        path = path[2:]
+    return path.lstrip("/")
+
+
+def parse_manifest_json(reader: MemberReader) -> list[ImageDesc]:
+    """Describe every image listed in manifest.json."""
+    doc = load_json(reader.read("manifest.json"), "manifest.json")
+    if not isinstance(doc, list):
+        raise FormatError("manifest.json is not a list of images")
+    images = []
+    for n, entry in enumerate(doc):
+        if not isinstance(entry, dict):
+            raise FormatError(f"manifest.json entry {n} is not an object")
+        cfg_member = entry.get("Config")
+        layers = entry.get("Layers")
+        if not isinstance(cfg_member, str) or not isinstance(layers, list):
+            raise FormatError(f"manifest.json entry {n} lacks Config or Layers")
+        cfg_member = _clean(cfg_member)
+        if not reader.exists(cfg_member):
+            raise FormatError(f"manifest.json entry {n}: config {cfg_member} is missing from the archive")
+        cfg_bytes = reader.read(cfg_member)
+        config = load_json(cfg_bytes, cfg_member)
+        if not isinstance(config, dict):
+            raise FormatError(f"{cfg_member} is not a JSON object")
+        diff_ids = _diff_ids(config)
+        sources: dict[str, Any] = entry.get("LayerSources") or {}
+        descs = []
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, str):
+                raise FormatError(f"manifest.json entry {n}: layer {i} is not a path")
+            diff_id = diff_ids[i] if i < len(diff_ids) else None
+            src = sources.get(diff_id) if isinstance(sources, dict) and diff_id else None
+            member = _clean(layer)
+            digest = None
+            if member.startswith("blobs/"):
+                parts = member.split("/")
+                if len(parts) == 3:
+                    digest = f"{parts[1]}:{parts[2]}"
+            descs.append(LayerDesc(
+                member=member,
+                digest=(src or {}).get("digest") or digest,
+                diff_id=diff_id,
+                media_type=(src or {}).get("mediaType"),
+                size=(src or {}).get("size"),
+            ))
+        tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+        img = ImageDesc(
+            refs=tags,
+            config_member=cfg_member,
+            config_bytes=cfg_bytes,
+            config=config,
+            layers=descs,
+            source="manifest.json",
+            config_digest="sha256:" + hashlib.sha256(cfg_bytes).hexdigest(),
+            platform=config_platform(config),
+        )
+        if len(diff_ids) != len(descs):
+            img.warnings.append(
+                f"config lists {len(diff_ids)} diff_ids but manifest.json lists {len(descs)} layers")
+        images.append(img)
+    return images
+
+
+def _diff_ids(config: dict[str, Any]) -> list[str]:
+    rootfs = config.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list):
+        return []
+    return [d if isinstance(d, str) else "" for d in ids]

@@ -1,0 +1,78 @@
+"""What the format parsers produce: plain descriptions of images and their layer blobs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import FormatError
+
+MAX_JSON = 64 << 20  # a manifest or config larger than this is refused
+
+
+class MemberReader(Protocol):
+    """Read access to the members of the outer archive, by path."""
+
+    def exists(self, path: str) -> bool:
+        """Whether a member (after following archive symlinks) exists."""
+        ...
+
+    def read(self, path: str) -> bytes:
+        """The bytes of a member (after following archive symlinks)."""
+        ...
+
+
+@dataclass
+class LayerDesc:
+    """One layer blob as the manifest names it."""
+
+    member: str
+    digest: str | None = None
+    diff_id: str | None = None
+    media_type: str | None = None
+    size: int | None = None
+
+
+@dataclass
+class ImageDesc:
+    """One image of an archive: its names, config, platform and layers, bottom first."""
+
+    refs: list[str]
+    config_member: str
+    config_bytes: bytes
+    config: dict[str, Any]
+    layers: list[LayerDesc]
+    source: str
+    digest: str | None = None
+    config_digest: str | None = None
+    manifest_bytes: bytes | None = None
+    platform: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Parse JSON, turning every failure into a FormatError that names `what`."""
+    if len(data) > MAX_JSON:
+        raise FormatError(f"{what} is {len(data)} bytes, larger than {MAX_JSON}")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"{what} is not valid JSON: {e}") from None
+
+
+def blob_path(digest: str) -> str:
+    """The member path of a digest in an OCI layout: blobs/<alg>/<hex>."""
+    alg, sep, hexpart = digest.partition(":")
+    if not sep or not alg.isalnum() or not hexpart or "/" in hexpart or ".." in hexpart:
+        raise FormatError(f"malformed digest {digest!r}")
+    return f"blobs/{alg}/{hexpart}"
+
+
+def config_platform(config: dict[str, Any]) -> str | None:
+    """os/arch[/variant] from an image config, if it says."""
+    os_, arch = config.get("os"), config.get("architecture")
+    if not isinstance(os_, str) or not isinstance(arch, str):
+        return None
+    variant = config.get("variant")
+    return f"{os_}/{arch}" + (f"/{variant}" if isinstance(variant, str) and variant else "")

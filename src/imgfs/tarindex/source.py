@@ -1,0 +1,212 @@
+"""Byte sources: random access (`pread`) to a file, a slice of it, or a decompressed stream."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import zlib
+from typing import BinaryIO, Protocol
+
+from ..errors import FormatError, TruncatedError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+
+
+class Source(Protocol):
+    """Anything that serves `size` bytes at random offsets."""
+
+    size: int
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Return exactly `length` bytes at `offset`, or raise TruncatedError."""
+        ...
+
+
+class FileSource:
+    """A whole file on disk, read with os.pread (thread-safe, no shared file position)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot open: {e.strerror}") from None
+        st = os.fstat(self.fd)
+        self.size = st.st_size
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Return `length` bytes at `offset`; a short read means the file shrank."""
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            # pread may return short on huge requests; finish the read before judging.
+            parts = [data]
+            got = len(data)
+            while got < length:
+                more = os.pread(self.fd, length - got, offset + got)
+                if not more:
+                    raise TruncatedError(
+                        f"{self.path}: expected {length} bytes at offset {offset}, file ends after {got}"
+                    )
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        return data
+
+    def close(self) -> None:
+        """Close the file descriptor."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class SliceSource:
+    """A window [base, base+size) of another source: offsets compose through nesting."""
+
+    def __init__(self, parent: Source, base: int, size: int) -> None:
+        self.parent = parent
+        self.base = base
+        self.size = size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read inside the window; reading past its end is a truncation."""
+        if offset < 0 or offset + length > self.size:
+            raise TruncatedError(f"read of {length} bytes at {offset} past the end of a {self.size}-byte member")
+        return self.parent.pread(self.base + offset, length)
+
+
+def sniff_compression(head: bytes) -> str | None:
+    """Name the compression of a stream from its first bytes: 'gzip', 'zstd' or None."""
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    if head[:4] == ZSTD_MAGIC:
+        return "zstd"
+    if head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00":
+        raise FormatError("bzip2/xz compressed data is not supported (only gzip and zstd)")
+    return None
+
+
+class _SourceReader:
+    """A sequential file-like reader over a Source, for decompressors."""
+
+    def __init__(self, src: Source) -> None:
+        self.src = src
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = self.src.size - self.pos
+        n = min(n, self.src.size - self.pos)
+        if n <= 0:
+            return b""
+        data = self.src.pread(self.pos, n)
+        self.pos += n
+        return data
+
+    def readable(self) -> bool:  # zstandard asks
+        return True
+
+
+def decompress_to(src: Source, kind: str, out: BinaryIO, limit: int | None = None) -> int:
+    """Decompress all of `src` (gzip, multi-member too, or zstd) into `out`; return the size."""
+    total = 0
+    reader = _SourceReader(src)
+    if kind == "gzip":
+        d = zlib.decompressobj(31)
+        started = False  # bytes of the current member have been fed
+        while True:
+            chunk = reader.read(_CHUNK)
+            if not chunk:
+                break
+            while chunk:
+                try:
+                    data = d.decompress(chunk)
+                except zlib.error as e:
+                    raise FormatError(f"corrupt gzip data: {e}") from None
+                started = True
+                total += len(data)
+                out.write(data)
+                if limit is not None and total > limit:
+                    raise FormatError(f"decompressed data exceeds the limit of {limit} bytes")
+                chunk = b""
+                if d.eof:
+                    # pigz and `cat a.gz b.gz` give several members: go on with the next one.
+                    chunk = d.unused_data
+                    d = zlib.decompressobj(31)
+                    started = False
+                    if not chunk.strip(b"\x00"):
+                        chunk = b""
+        if started and not d.eof:
+            raise TruncatedError("gzip stream ends early (truncated)")
+        return total
+    if kind == "zstd":
+        try:
+            import zstandard
+        except ImportError:  # pragma: no cover - a declared dependency
+            raise FormatError("zstd data needs the 'zstandard' package") from None
+        dctx = zstandard.ZstdDecompressor()
+        try:
+            with dctx.stream_reader(reader, read_across_frames=True) as zr:
+                while True:
+                    data = zr.read(_CHUNK)
+                    if not data:
+                        break
+                    out.write(data)
+                    total += len(data)
+                    if limit is not None and total > limit:
+                        raise FormatError(f"decompressed data exceeds the limit of {limit} bytes")
+        except zstandard.ZstdError as e:
+            raise FormatError(f"corrupt zstd data: {e}") from None
+        return total
+    raise FormatError(f"unknown compression {kind!r}")
+
+
+class SpoolSource:
+    """A compressed source decompressed once, on first use, into a private temporary file."""
+
+    def __init__(self, src: Source, kind: str, spool_dir: str | None = None) -> None:
+        self.src = src
+        self.kind = kind
+        self.spool_dir = spool_dir
+        self._lock = threading.Lock()
+        self._file: FileSource | None = None
+
+    def _open(self) -> FileSource:
+        with self._lock:
+            if self._file is None:
+                fd, path = tempfile.mkstemp(prefix="imgfs-spool-", dir=self.spool_dir)
+                try:
+                    with os.fdopen(os.dup(fd), "wb", buffering=_CHUNK) as out:
+                        decompress_to(self.src, self.kind, out)
+                    self._file = FileSource(path)
+                finally:
+                    os.close(fd)
+                    os.unlink(path)  # the open descriptor keeps the data; nothing is left behind
+            return self._file
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return self._open().size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read from the decompressed copy (made on the first call)."""
+        return self._open().pread(offset, length)
+
+    def close(self) -> None:
+        """Drop the decompressed copy."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def open_maybe_compressed(src: Source, spool_dir: str | None = None) -> tuple[Source, str | None]:
+    """Wrap `src` so that it serves uncompressed bytes; also return the compression found."""
+    head = src.pread(0, min(8, src.size)) if src.size else b""
+    kind = sniff_compression(head)
+    if kind is None:
+        return src, None
+    return SpoolSource(src, kind, spool_dir), kind
