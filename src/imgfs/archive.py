@@ -136,7 +136,7 @@ class Image:
         self.layers = [
             Layer(self, i, ld, names[i], commands[i],
                   h.get("created") if h and isinstance(h.get("created"), str) else None)
-            for i, (ld, h) in enumerate(zip(desc.layers, hist))
+            for i, (ld, h) in enumerate(zip(desc.layers, hist, strict=False))
         ]
         self._lock = threading.Lock()
         self._merged: Tree | None = None
@@ -221,7 +221,8 @@ class Image:
                 return layers[n - 1]
             if -len(layers) <= n <= -1:
                 return layers[n]
-            raise SelectionError(f"--layer {sel}: the image has {len(layers)} layers (1..{len(layers)}, or -1 for the top)")
+            raise SelectionError(
+                f"--layer {sel}: the image has {len(layers)} layers (1..{len(layers)}, or -1 for the top)")
         s = sel.removeprefix("sha256:")
         hits = []
         if len(s) >= 4 and all(c in "0123456789abcdef" for c in s):

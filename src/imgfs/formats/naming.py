@@ -74,7 +74,7 @@ def layer_names(config: dict[str, Any], digests: list[str | None]) -> tuple[list
     hist, warnings = history_for_layers(config, len(digests))
     width = len(str(len(digests)))
     names, commands = [], []
-    for i, (h, digest) in enumerate(zip(hist, digests)):
+    for i, (h, digest) in enumerate(zip(hist, digests, strict=False)):
         prefix = str(i + 1).zfill(width)
         created_by = h.get("created_by") if h else None
         text = ""
