@@ -198,16 +198,30 @@ class Image:
 
     def layer_tree(self, position: int) -> Tree:
         """One layer's own tree (built once)."""
-        self.merged()  # hard links to lower layers resolve through the merged build
         with self._lock:
             tree = self._layer_trees.get(position)
-            if tree is None:
-                indexes, sources = self._indexes()
-                if indexes[position] is None:
-                    raise FormatError(f"layer {position + 1} ({self.layers[position].member}) cannot be read")
-                tree = layer_tree(position, indexes, sources, self._link_refs)
-                self._layer_trees[position] = tree
+        if tree is not None:
             return tree
+        layer = self.layers[position]
+        try:
+            indexes: list[MemberIndex | None] = [None] * len(self.layers)
+            sources: list[Source | None] = [None] * len(self.layers)
+            indexes[position], sources[position] = layer.index(), layer.source()
+        except ImgfsError as e:
+            raise FormatError(f"layer {layer.number} ({layer.member}) cannot be read: {e}") from None
+
+        def link_refs() -> dict[int, int]:
+            # Hard links into lower layers resolve as the merged build resolved them (rule 21).
+            merged = self.merged()
+            indexes[:] = merged.indexes
+            sources[:] = merged.sources
+            return self._link_refs
+
+        tree = layer_tree(position, indexes, sources, link_refs)
+        for w in tree.warnings:
+            self.archive.warn(w)
+        with self._lock:
+            return self._layer_trees.setdefault(position, tree)
 
     def find_layer(self, sel: str) -> Layer:
         """Pick a layer by 1-based index (negative from the top), digest prefix or command substring."""

@@ -14,7 +14,7 @@ from .source import Source
 
 BLOCK = 512
 _WINDOW = 256 * 1024
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc")
 _ZERO_BLOCK = bytes(BLOCK)
 MAX_META = 16 << 20  # PAX records and GNU long names larger than this are refused, not buffered
 
@@ -51,11 +51,15 @@ def _signed_checksum(block: bytes) -> int:
 
 def normalize(raw: bytes) -> bytes | None:
     """Turn a member name into a clean relative path ('' is the root); None if it climbs out."""
-    parts = raw.split(b"/")
-    if b"" not in parts and b"." not in parts and b".." not in parts:
-        return raw
+    n = raw.rstrip(b"/") if raw[-1:] == b"/" else raw
+    while n[:2] == b"./":
+        n = n[2:]
+    if n[:1] == b"/":
+        n = n.lstrip(b"/")
+    if n[:1] != b"." and b"//" not in n and b"/." not in n:
+        return n
     out: list[bytes] = []
-    for p in parts:
+    for p in n.split(b"/"):
         if p in (b"", b"."):
             continue
         if p == b"..":
@@ -95,16 +99,17 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 
 @dataclass
 class MemberIndex:
-    """The members of one tar stream in parallel arrays (about 50 bytes a member plus its name)."""
+    """The members of one tar stream in parallel arrays: 48 bytes a member plus its name."""
 
     names: list[bytes] = field(default_factory=list)
     kinds: bytearray = field(default_factory=bytearray)
-    modes: array = field(default_factory=lambda: array("I"))
-    uids: array = field(default_factory=lambda: array("Q"))
-    gids: array = field(default_factory=lambda: array("Q"))
-    sizes: array = field(default_factory=lambda: array("Q"))
-    mtimes: array = field(default_factory=lambda: array("d"))
-    offsets: array = field(default_factory=lambda: array("Q"))
+    modes: array = field(default_factory=lambda: array("q"))
+    uids: array = field(default_factory=lambda: array("q"))
+    gids: array = field(default_factory=lambda: array("q"))
+    sizes: array = field(default_factory=lambda: array("q"))
+    mtimes: array = field(default_factory=lambda: array("q"))  # whole seconds
+    offsets: array = field(default_factory=lambda: array("q"))  # of the data in the stream
+    mtime_frac: dict[int, float] = field(default_factory=dict)  # PAX sub-second parts, rare
     links: dict[int, bytes] = field(default_factory=dict)
     devices: dict[int, tuple[int, int]] = field(default_factory=dict)
     xattrs: dict[int, dict[str, bytes]] = field(default_factory=dict)
@@ -120,6 +125,14 @@ class MemberIndex:
         """The member's kind as a word: file, hardlink, symlink, char, block, dir, fifo."""
         return KIND_NAMES[self.kinds[i]]
 
+    def mtime(self, i: int) -> float:
+        """The member's modification time, with its PAX fraction if any."""
+        return self.mtimes[i] + self.mtime_frac.get(i, 0.0)
+
+
+def _skip(size: int) -> int:
+    return (size + 511) & ~511
+
 
 def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> MemberIndex:
     """Index every member of the tar stream in `src` by reading headers only."""
@@ -132,8 +145,11 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
     long_name: bytes | None = None
     long_link: bytes | None = None
     unpack = _HEADER.unpack_from
-    names, kinds, modes, uids, gids = idx.names, idx.kinds, idx.modes, idx.uids, idx.gids
-    sizes, mtimes, offsets = idx.sizes, idx.mtimes, idx.offsets
+    names, kinds = idx.names, idx.kinds
+    flat = array("q")  # mode, uid, gid, size, mtime, offset per member; split at the end
+    add_row = flat.extend
+    add_name = names.append
+    add_kind = kinds.append
     next_progress = 64 << 20
 
     def read_meta(at: int, size: int, what: str) -> bytes:
@@ -154,82 +170,58 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 buf_off = off
                 buf = src.pread(off, min(_WINDOW, total - off))
                 pos = 0
-            (name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, _ver,
-             _uname, _gname, devmajor, devminor, prefix) = unpack(buf, pos)
-            if name[:1] == b"\0" and buf[pos:pos + BLOCK] == _ZERO_BLOCK:
-                break
-            stored = _num(chksum)
+            name, mode, uid, gid, size, mtime, chksum, typeflag = unpack(buf, pos)
             block = buf[pos:pos + BLOCK]
+            if name[:1] == b"\0" and block == _ZERO_BLOCK:
+                break
+            try:
+                # Fast path: plain octal fields, as nearly every tar writer makes them.
+                stored = int(chksum.rstrip(b"\0 "), 8)
+                size_v = int(size.rstrip(b"\0 "), 8)
+            except ValueError:
+                stored, size_v = _num(chksum), _num(size)
             computed = sum(block) - sum(chksum) + 256
             if stored != computed and stored != _signed_checksum(block):
                 if not names and off == 0:
                     raise FormatError("not a tar archive (bad header checksum at offset 0)")
                 raise FormatError(f"corrupt tar header at offset {off} (checksum mismatch)")
             t = typeflag[0]
-            size_v = _num(size)
             data_off = off + BLOCK
-            if size_v < 0:
-                raise FormatError(f"negative size in tar header at offset {off}")
-            if t in (0x78, 0x58):  # 'x' / 'X': PAX header for the next member
-                pending.update(_parse_pax(read_meta(data_off, size_v, "PAX header")))
-                off = data_off + (size_v + 511 & ~511)
+            if not 0 <= size_v < 1 << 62:
+                raise FormatError(f"impossible size {size_v} in tar header at offset {off}")
+            if t in _META_TYPES:
+                if t == 0x78 or t == 0x58:  # 'x' / 'X': PAX header for the next member
+                    pending.update(_parse_pax(read_meta(data_off, size_v, "PAX header")))
+                elif t == 0x4C:  # 'L': GNU long name
+                    long_name = read_meta(data_off, size_v, "GNU long name").rstrip(b"\0")
+                elif t == 0x4B:  # 'K': GNU long link name
+                    long_link = read_meta(data_off, size_v, "GNU long link").rstrip(b"\0")
+                # 'g' (global PAX header) is ignored (rule 19)
+                off = data_off + _skip(size_v)
                 continue
-            if t == 0x67:  # 'g': global PAX header, ignored (rule 19)
-                off = data_off + (size_v + 511 & ~511)
-                continue
-            if t == 0x4C:  # 'L': GNU long name
-                long_name = read_meta(data_off, size_v, "GNU long name").rstrip(b"\0")
-                off = data_off + (size_v + 511 & ~511)
-                continue
-            if t == 0x4B:  # 'K': GNU long link name
-                long_link = read_meta(data_off, size_v, "GNU long link").rstrip(b"\0")
-                off = data_off + (size_v + 511 & ~511)
-                continue
+            try:
+                mode_v = int(mode.rstrip(b"\0 "), 8)
+                uid_v = int(uid.rstrip(b"\0 "), 8)
+                gid_v = int(gid.rstrip(b"\0 "), 8)
+                mtime_v = int(mtime.rstrip(b"\0 "), 8)
+            except ValueError:
+                mode_v, uid_v, gid_v, mtime_v = _num(mode), _num(uid), _num(gid), _num(mtime)
 
             if long_name is not None:
                 full = long_name
-            elif magic == b"ustar\x00" and prefix[:1] != b"\0":
-                full = prefix.split(b"\0", 1)[0] + b"/" + name.split(b"\0", 1)[0]
+            elif buf[pos + 345] != 0 and buf[pos + 257:pos + 263] == b"ustar\x00":
+                full = buf[pos + 345:pos + 500].split(b"\0", 1)[0] + b"/" + name.split(b"\0", 1)[0]
             else:
                 full = name.split(b"\0", 1)[0]
-            link = long_link if long_link is not None else linkname.split(b"\0", 1)[0]
-            mtime_v: float = _num(mtime)
-            uid_v = _num(uid)
-            gid_v = _num(gid)
+            link = long_link
+            if link is None and (t in (HARDLINK, SYMLINK)):
+                link = buf[pos + 157:pos + 257].split(b"\0", 1)[0]
             sparse = t == 0x53
             xattrs: dict[str, bytes] | None = None
+            frac = 0.0
             if pending:
-                p = pending
-                if b"path" in p:
-                    full = p[b"path"]
-                if b"linkpath" in p:
-                    link = p[b"linkpath"]
-                try:
-                    if b"size" in p:
-                        size_v = int(p[b"size"])
-                    if b"uid" in p:
-                        uid_v = int(p[b"uid"])
-                    if b"gid" in p:
-                        gid_v = int(p[b"gid"])
-                    if b"mtime" in p:
-                        mtime_v = float(p[b"mtime"])
-                except ValueError:
-                    raise FormatError(f"bad number in the PAX header of the member at offset {off}") from None
-                if size_v < 0:
-                    raise FormatError(f"negative size in the PAX header at offset {off}")
-                for k, v in p.items():
-                    if k.startswith(b"SCHILY.xattr."):
-                        xattrs = xattrs or {}
-                        xattrs[k[13:].decode("utf-8", "surrogateescape")] = v
-                    elif k.startswith(b"LIBARCHIVE.xattr."):
-                        xattrs = xattrs or {}
-                        key = urllib.parse.unquote_to_bytes(k[17:]).decode("utf-8", "surrogateescape")
-                        try:
-                            xattrs[key] = base64.b64decode(v)
-                        except ValueError:
-                            xattrs[key] = v
-                    elif k.startswith(b"GNU.sparse."):
-                        sparse = True
+                full, link, size_v, uid_v, gid_v, mtime_v, frac, xattrs, sparse = _apply_pax(
+                    pending, off, full, link, size_v, uid_v, gid_v, mtime_v, sparse)
                 pending = {}
             long_name = long_link = None
 
@@ -243,27 +235,27 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 idx.skipped.append(f"{full!r}: climbs above the root")
             else:
                 i = len(names)
-                names.append(norm)
-                kinds.append(t)
-                modes.append(_num(mode) & 0o7777)
-                uids.append(uid_v if 0 <= uid_v < 1 << 64 else 0)
-                gids.append(gid_v if 0 <= gid_v < 1 << 64 else 0)
-                sizes.append(data_len)
-                mtimes.append(mtime_v)
-                offsets.append(data_off)
+                add_name(norm)
+                add_kind(t)
+                if not (0 <= uid_v < _LIM and 0 <= gid_v < _LIM and -_LIM < mtime_v < _LIM):
+                    uid_v, gid_v = _clamp(uid_v), _clamp(gid_v)
+                    mtime_v = mtime_v if -_LIM < mtime_v < _LIM else 0
+                add_row((mode_v & 0o7777, uid_v, gid_v, data_len, mtime_v, data_off))
                 if t in (HARDLINK, SYMLINK):
-                    idx.links[i] = link
+                    idx.links[i] = link or b""
                 elif t in (CHAR, BLOCKDEV):
-                    idx.devices[i] = (_num(devmajor), _num(devminor))
+                    idx.devices[i] = (_num(buf[pos + 329:pos + 337]), _num(buf[pos + 337:pos + 345]))
                 if xattrs:
                     idx.xattrs[i] = xattrs
+                if frac:
+                    idx.mtime_frac[i] = frac
                 if sparse:
                     idx.broken[i] = "sparse tar members are not supported"
                 if end > total:
                     idx.broken[i] = "the member's data is cut off (truncated archive)"
             if end > total:
                 raise TruncatedError(f"member {full[-80:]!r} at offset {off} runs past the end of the data")
-            off = data_off + (data_len + 511 & ~511)
+            off = data_off + _skip(data_len)
             if progress is not None and off >= next_progress:
                 progress(off, total)
                 next_progress = off + (64 << 20)
@@ -271,10 +263,65 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
         idx.error = str(e)
         if not names and off == 0:
             raise
+    finally:
+        for k, arr in enumerate((idx.modes, idx.uids, idx.gids, idx.sizes, idx.mtimes, idx.offsets)):
+            arr.extend(flat[k::6])
     idx.end = off
     if progress is not None:
         progress(min(off, total), total)
     return idx
+
+
+_META_TYPES = frozenset(b"xXgLK")
+
+
+_LIM = 1 << 62  # what the index's signed 64-bit arrays hold with room to spare
+
+
+def _clamp(v: int) -> int:
+    return v if 0 <= v < _LIM else 0
+
+
+def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None, size_v: int, uid_v: int,
+               gid_v: int, mtime_v: int, sparse: bool) -> tuple:
+    """Let PAX records override the header's fields (rule 19) and collect xattrs (rule 20)."""
+    frac = 0.0
+    xattrs: dict[str, bytes] | None = None
+    if b"path" in p:
+        full = p[b"path"]
+    if b"linkpath" in p:
+        link = p[b"linkpath"]
+    try:
+        if b"size" in p:
+            size_v = int(p[b"size"])
+        if b"uid" in p:
+            uid_v = _clamp(int(p[b"uid"]))
+        if b"gid" in p:
+            gid_v = _clamp(int(p[b"gid"]))
+        if b"mtime" in p:
+            whole, _, part = p[b"mtime"].partition(b".")
+            mtime_v = int(whole)
+            frac = float(b"0." + part) if part.isdigit() else 0.0
+            if mtime_v < 0 and frac:
+                mtime_v, frac = mtime_v - 1, 1.0 - frac
+    except ValueError:
+        raise FormatError(f"bad number in the PAX header of the member at offset {off}") from None
+    if not 0 <= size_v < 1 << 62:
+        raise FormatError(f"impossible size {size_v} in the PAX header at offset {off}")
+    for k, v in p.items():
+        if k.startswith(b"SCHILY.xattr."):
+            xattrs = xattrs or {}
+            xattrs[k[13:].decode("utf-8", "surrogateescape")] = v
+        elif k.startswith(b"LIBARCHIVE.xattr."):
+            xattrs = xattrs or {}
+            key = urllib.parse.unquote_to_bytes(k[17:]).decode("utf-8", "surrogateescape")
+            try:
+                xattrs[key] = base64.b64decode(v)
+            except ValueError:
+                xattrs[key] = v
+        elif k.startswith(b"GNU.sparse."):
+            sparse = True
+    return full, link, size_v, uid_v, gid_v, mtime_v, frac, xattrs, sparse
 
 
 def iter_members(idx: MemberIndex) -> Iterator[int]:

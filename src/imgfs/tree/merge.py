@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..tarindex.reader import DIR, FILE, HARDLINK, SYMLINK, MemberIndex, normalize
 from ..tarindex.source import Source
 from .tree import MASK, MAX_LINK_HOPS, SHIFT, Tree
@@ -204,19 +206,26 @@ def merged_tree(indexes: list[MemberIndex | None], sources: list[Source | None])
 
 
 def layer_tree(li: int, indexes: list[MemberIndex | None], sources: list[Source | None],
-               link_refs: dict[int, int] | None = None) -> Tree:
-    """One layer exactly as its tar holds it, whiteout markers included."""
+               link_refs: Callable[[], dict[int, int]] | None = None) -> Tree:
+    """One layer exactly as its tar holds it, whiteout markers included.
+
+    `link_refs` is asked (only if needed) for the merged build's resolution of hard links into lower layers.
+    """
     b = _Builder(indexes, follow_links=False)
     idx = indexes[li]
     if idx is not None:
         b.apply(li, idx, merged=False)
-        # Hard links to lower layers: show the content they resolved to in the merged build.
-        if link_refs:
+        missing = [i for i, k in enumerate(idx.kinds) if k == HARDLINK and idx.names[i] not in b.nodes]
+        if missing and link_refs is not None:
+            refs = link_refs()
             base = li << SHIFT
-            for i, k in enumerate(idx.kinds):
-                if k == HARDLINK and (base | i) in link_refs and idx.names[i] not in b.nodes:
-                    d, _, name = idx.names[i].rpartition(b"/")
-                    parent = b.dir_path(d, create=True) if d else b""
-                    b.put(parent + b"/" + name if parent else name, link_refs[base | i])
-        b.warnings = [w for w in b.warnings if "hard link" not in w] if link_refs else b.warnings
+            b.warnings = [w for w in b.warnings if "hard link" not in w]
+            for i in missing:
+                target = refs.get(base | i)
+                if target is None:
+                    b.warnings.append(f"layer {li + 1}: hard link {idx.names[i]!r}: target not found, left out")
+                    continue
+                d, _, name = idx.names[i].rpartition(b"/")
+                parent = b.dir_path(d, create=True) if d else b""
+                b.put(parent + b"/" + name if parent else name, target)
     return b.finish(sources)

@@ -110,7 +110,7 @@ class Tree:
         return Entry(
             path=key, kind=KIND_NAMES[k], mode=idx.modes[i], uid=idx.uids[i], gid=idx.gids[i],
             size=idx.sizes[i] if k == FILE else (len(idx.links.get(i, b"")) if k == SYMLINK else 0),
-            mtime=idx.mtimes[i], nlink=self.nlinks.get(ref, 1) if k == FILE else (2 if k == DIR else 1),
+            mtime=idx.mtime(i), nlink=self.nlinks.get(ref, 1) if k == FILE else (2 if k == DIR else 1),
             ino=ROOT_INO if key == b"" else ref + 2, ref=ref,
             linkname=idx.links.get(i) if k == SYMLINK else None,
             device=idx.devices.get(i),
