@@ -1,0 +1,158 @@
+"""The `imgfs` command line: argument parsing, dispatch, and turning every failure into one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import ImgfsError
+from . import commands
+from .output import Ui
+
+OUTPUT_NOTES = """\
+output: data goes to stdout, messages to stderr. Listings are tab-separated lines without a header
+when stdout is not a terminal (for cut/awk; sizes in bytes); on a terminal the columns are aligned,
+with a header and human-readable sizes. Control characters in names are shown as \\t, \\n, \\xNN.
+exit status: 0 ok, 1 a data problem (unreadable archive, path not found, an --image/--layer choice
+that matches nothing or too much), 2 a usage error, 130 interrupted, 141 output pipe closed."""
+
+SELECT_HELP = "pick one image of a multi-image archive: tag, full name or digest prefix"
+LAYER_HELP = ("use one layer instead of the merged view: 1-based index (negative counts from the top), "
+              "digest prefix, or a substring of its history command")
+
+
+def _parent(*adders: str) -> argparse.ArgumentParser:
+    """A parent parser holding the option groups shared by several subcommands."""
+    p = argparse.ArgumentParser(add_help=False)
+    if "common" in adders:
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no warnings, notes or progress on stderr")
+    if "archive" in adders:
+        p.add_argument("archive", metavar="ARCHIVE", help="image tarball (docker save, podman save, OCI archive)")
+    if "select" in adders:
+        p.add_argument("--image", metavar="REF", help=SELECT_HELP)
+        p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="pick the image of this platform")
+    if "layer" in adders:
+        p.add_argument("--layer", metavar="SEL", help=LAYER_HELP)
+    if "json" in adders:
+        p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every subcommand."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="imgfs", formatter_class=fmt, epilog=OUTPUT_NOTES,
+        description="Look inside a saved container image tarball (docker save, podman save, OCI archive) "
+                    "without Docker and without extracting it.")
+    parser.add_argument("--version", action="version", version=f"imgfs {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False,
+                        help="no warnings, notes or progress on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    base = _parent("common", "archive", "select")
+    layer, as_json = _parent("layer"), _parent("json")
+
+    def add(name: str, helptext: str, parents: list[argparse.ArgumentParser], func: commands.Command,
+            epilog: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".",
+                           parents=parents, formatter_class=fmt,
+                           epilog=(epilog + "\n\n" if epilog else "") + OUTPUT_NOTES)
+        p.set_defaults(func=func)
+        return p
+
+    add("images", "list the images an archive holds (refs, digest, platform, layer count)", [base, as_json],
+        commands.images, "Columns: name, refs (comma-separated), manifest digest, config digest, platform, layers.")
+    add("layers", "list the layers of an image, bottom to top", [base, as_json], commands.layers,
+        "Columns: number, directory name, digest, blob size, entries, created, history command.")
+    p = add("ls", "list a directory of the merged root filesystem, or of one layer", [base, layer, as_json],
+            commands.ls, "With -l columns: mode, uid, gid, size (major,minor for devices), mtime (UTC), "
+                         "name (-> target for symlinks).")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/", help="directory or file (default /)")
+    p.add_argument("-l", dest="long", action="store_true", help="long listing: mode, owner, size, mtime")
+    p = add("find", "find paths in every layer and in the merged view", [base, layer, as_json], commands.find,
+            "Prints LAYER<TAB>PATH for each hit: every layer bottom to top, then the merged view (labelled\n"
+            "'merged'). With --json: JSON Lines, one object per hit. Globs are case-sensitive, as in find(1).")
+    p.add_argument("--name", metavar="GLOB", help="match the last path component (e.g. 'trace.log', '*.so')")
+    p.add_argument("--path", metavar="GLOB", help="match the whole path, starting with '/'")
+    p.add_argument("--type", choices=["f", "d", "l", "c", "b", "p"], help="file, dir, symlink, char, block, fifo")
+    p = add("cat", "write a file's bytes to stdout (symlinks followed inside the image)", [base, layer],
+            commands.cat)
+    p.add_argument("path", metavar="PATH", help="file in the image")
+    p = add("extract", "copy files or directories out of the image into a directory", [base, layer],
+            commands.extract,
+            "Each PATH keeps its place below DIR (/etc/passwd -> DIR/etc/passwd). Modes, mtimes, symlinks\n"
+            "(targets as stored) and hard links are kept; owners and device nodes only when run as root.\n"
+            "Nothing outside DIR is ever created or followed: symlinks in DIR are never written through.")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="file or directory in the image ('/' for everything)")
+    p.add_argument("-o", "--output", metavar="DIR", required=True, help="destination directory (created if missing)")
+    p = add("mount", "mount the image read-only with FUSE: layers/<name>/ and merged/",
+            [_parent("common", "archive")], commands.mount)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    p.add_argument("--image", metavar="REF", help=SELECT_HELP)
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="pick the image of this platform")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground until unmounted")
+    p.add_argument("-o", dest="options", metavar="OPTIONS", action="append",
+                   help="comma-separated FUSE mount options (may be repeated)")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.add_argument("--debug", action="store_true", help="log FUSE operations (implies --foreground)")
+    p = sub.add_parser("umount", help="unmount an imgfs mount", description="Unmount an imgfs mount.",
+                       parents=[_parent("common")])
+    p.set_defaults(func=commands.umount)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--lazy", action="store_true", help="detach now, clean up when no longer busy")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors (argparse already printed them)
+        return e.code if isinstance(e.code, int) else 2
+    ui = Ui(quiet=args.quiet)
+    try:
+        status = args.func(args, ui) or 0
+        ui.out.flush()
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except KeyboardInterrupt:
+        ui.error("interrupted")
+        return 130
+    except ImgfsError as e:
+        ui.error(str(e))
+        return e.exit_code
+    except OSError as e:
+        ui.error(_os_message(e))
+        return 1
+    except Exception as e:  # a bug: still one line, unless the developer asks for the traceback
+        if os.environ.get("IMGFS_DEBUG"):
+            raise
+        ui.error(f"internal error: {type(e).__name__}: {e} (set IMGFS_DEBUG=1 for a traceback)")
+        return 1
+    finally:
+        if ui.progress:
+            ui.progress.clear()
+
+
+def _os_message(e: OSError) -> str:
+    name = e.filename if e.filename is not None else ""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    return f"{name}: {e.strerror or e}" if name else str(e.strerror or e)
+
+
+def _silence_stdout() -> None:
+    """The reader went away (e.g. `| head`): drop further output so the exit flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
