@@ -1,0 +1,163 @@
+"""Build small tar streams for the engine tests: through tarfile, or header by header for what tarfile cannot write.
+
+Imported by the tests under tests/tarindex, tests/tree and tests/formats as `tarindex.tarmaker`.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterable
+
+from imgfs.errors import TruncatedError
+from imgfs.tarindex import MemberIndex, scan
+from imgfs.tree import Tree, merged_tree
+
+BLOCK = 512
+END = bytes(2 * BLOCK)  # end-of-archive marker: two zero blocks
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+class BytesSource:
+    """A Source over bytes in memory (the engine only needs `size` and `pread`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes at `offset`, or TruncatedError, as the Source protocol asks."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise TruncatedError(f"read of {length} at {offset} past {self.size}")
+        return self.data[offset:offset + length]
+
+
+# -- header by header ---------------------------------------------------------------------------
+def octal(value: int, width: int) -> bytes:
+    """A numeric field as tar writes it: zero-padded octal digits and a NUL."""
+    return f"{value:0{width - 1}o}".encode() + b"\0"
+
+
+def base256(value: int, width: int) -> bytes:
+    """A numeric field in GNU base-256: high bit set, big-endian two's complement."""
+    if value < 0:
+        return (value % (1 << (8 * width))).to_bytes(width, "big")  # 0xFF... lead byte
+    return bytes([0x80]) + value.to_bytes(width - 1, "big")
+
+
+def _field(value: int | bytes, width: int) -> bytes:
+    raw = octal(value, width) if isinstance(value, int) else value
+    assert len(raw) <= width, (raw, width)
+    return raw.ljust(width, b"\0")
+
+
+def header(name: bytes, *, size: int | bytes = 0, typeflag: bytes = b"0", mode: int | bytes = 0o644,
+           uid: int | bytes = 0, gid: int | bytes = 0, mtime: int | bytes = 0, linkname: bytes = b"",
+           prefix: bytes = b"", magic: bytes = b"ustar\x0000", devmajor: int | bytes = 0,
+           devminor: int | bytes = 0, checksum: int | None = None) -> bytes:
+    """One 512-byte ustar header; numbers may be given as raw field bytes (e.g. base256(...))."""
+    parts = [
+        name.ljust(100, b"\0"), _field(mode, 8), _field(uid, 8), _field(gid, 8), _field(size, 12),
+        _field(mtime, 12), b" " * 8, typeflag, linkname.ljust(100, b"\0"), magic.ljust(8, b"\0"),
+        b"root".ljust(32, b"\0"), b"root".ljust(32, b"\0"), _field(devmajor, 8), _field(devminor, 8),
+        prefix.ljust(155, b"\0"),
+    ]
+    block = b"".join(parts).ljust(BLOCK, b"\0")
+    assert len(block) == BLOCK
+    chk = sum(block) if checksum is None else checksum
+    return block[:148] + f"{chk:06o}".encode() + b"\0 " + block[156:]
+
+
+def pad(data: bytes) -> bytes:
+    """`data` padded with zeros to a whole number of blocks."""
+    return data + bytes(-len(data) % BLOCK)
+
+
+def member(name: bytes, data: bytes = b"", **kw: object) -> bytes:
+    """A header plus its padded data; `size` defaults to len(data)."""
+    kw.setdefault("size", len(data))
+    return header(name, **kw) + pad(data)  # type: ignore[arg-type]
+
+
+def pax_records(records: dict[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> bytes:
+    """PAX extended header payload: '<len> <key>=<value>\\n' records, each length counting itself."""
+    items = records.items() if isinstance(records, dict) else records
+    out = []
+    for k, v in items:
+        body = b" " + k + b"=" + v + b"\n"
+        n = len(body) + 1
+        while len(str(n)) + len(body) != n:
+            n = len(str(n)) + len(body)
+        out.append(str(n).encode() + body)
+    return b"".join(out)
+
+
+def pax(records: dict[bytes, bytes] | Iterable[tuple[bytes, bytes]], typeflag: bytes = b"x") -> bytes:
+    """A PAX header member ('x' for the next member, 'g' global) with its records."""
+    return member(b"PaxHeader", pax_records(records), typeflag=typeflag)
+
+
+# -- through tarfile ----------------------------------------------------------------------------
+def _info(name: str, kind: bytes, mode: int, uid: int, gid: int, mtime: float) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode, ti.uid, ti.gid, ti.mtime = kind, mode, uid, gid, mtime
+    return ti
+
+
+def F(name: str, data: bytes = b"", mode: int = 0o644, uid: int = 0, gid: int = 0, mtime: float = 0) -> Member:
+    """A regular file."""
+    ti = _info(name, tarfile.REGTYPE, mode, uid, gid, mtime)
+    ti.size = len(data)
+    return ti, data
+
+
+def D(name: str, mode: int = 0o755, uid: int = 0, gid: int = 0, mtime: float = 0) -> Member:
+    """A directory."""
+    return _info(name, tarfile.DIRTYPE, mode, uid, gid, mtime), None
+
+
+def S(name: str, target: str, mtime: float = 0) -> Member:
+    """A symbolic link."""
+    ti = _info(name, tarfile.SYMTYPE, 0o777, 0, 0, mtime)
+    ti.linkname = target
+    return ti, None
+
+
+def H(name: str, target: str) -> Member:
+    """A hard link to `target` (a path from the layer root)."""
+    ti = _info(name, tarfile.LNKTYPE, 0o644, 0, 0, 0)
+    ti.linkname = target
+    return ti, None
+
+
+def WH(path: str) -> Member:
+    """The whiteout that deletes `path` (Docker writes an empty 0600 file)."""
+    d, _, base = path.rpartition("/")
+    return F(f"{d}/.wh.{base}" if d else f".wh.{base}", mode=0o600)
+
+
+def OPQ(directory: str) -> Member:
+    """The opaque marker of `directory`."""
+    return F(f"{directory}/.wh..wh..opq" if directory else ".wh..wh..opq", mode=0o600)
+
+
+def tar_of(members: Iterable[Member], fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """A tar stream holding `members` in order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape") as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def index_of(data: bytes) -> MemberIndex:
+    """Scan a tar stream held in memory."""
+    return scan(BytesSource(data))
+
+
+def merge(*layers: bytes | list[Member]) -> Tree:
+    """The merged tree of layer tars (bottom first); a list of members is made into a tar first."""
+    datas = [tar_of(la) if isinstance(la, list) else la for la in layers]
+    tree, _ = merged_tree([index_of(d) for d in datas], [BytesSource(d) for d in datas])
+    return tree
