@@ -8,6 +8,9 @@ import os
 import tarfile
 
 import pytest
+
+from imgfs.errors import FormatError, ImgfsError
+from imgfs.tarindex import FileSource, MemberIndex, scan
 from tarindex.tarmaker import (
     END,
     BytesSource,
@@ -22,9 +25,6 @@ from tarindex.tarmaker import (
     pax_records,
     tar_of,
 )
-
-from imgfs.errors import FormatError, ImgfsError
-from imgfs.tarindex import FileSource, MemberIndex, scan
 
 KIND_OF = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file", tarfile.LNKTYPE: "hardlink",
            tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block", tarfile.DIRTYPE: "dir",
@@ -132,7 +132,7 @@ def test_non_file_sizes_carry_no_data() -> None:
 
 
 def test_ustar_prefix_field_agrees_with_tarfile() -> None:
-    path = "/".join(["directory-%02d" % n for n in range(10)]) + "/leaf.txt"  # 128 chars: needs the prefix field
+    path = "/".join([f"directory-{n:02d}" for n in range(10)]) + "/leaf.txt"  # 128 chars: needs the prefix field
     data = tar_of([F(path, b"x")], tarfile.USTAR_FORMAT)
     assert data[345:500].rstrip(b"\0"), "tarfile did not use the prefix field"
     assert one(data)["name"] == path.encode()

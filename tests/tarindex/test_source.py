@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from tarindex.tarmaker import BytesSource, F, index_of, tar_of
 
 from imgfs.errors import FormatError, ImgfsError, TruncatedError
 from imgfs.tarindex import FileSource, SliceSource, open_maybe_compressed, scan
+from tarindex.tarmaker import BytesSource, F, index_of, tar_of
 
 PAYLOAD = random.Random(5).randbytes(300_000) + b"text " * 50_000  # incompressible part, then compressible
 
