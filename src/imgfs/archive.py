@@ -10,9 +10,11 @@ from typing import Any
 from . import formats
 from .errors import FormatError, ImgfsError, SelectionError
 from .formats import ImageDesc, LayerDesc
-from .tarindex import FileSource, MemberIndex, Source, open_maybe_compressed, scan
+from .tarindex import FileSource, MemberIndex, Source, scan
+from .tarindex.compressed import open_stream
 from .tarindex.reader import HARDLINK, SYMLINK, normalize
 from .tarindex.source import SliceSource
+from .tarindex.store import DEFAULT_MAX_BYTES, Store, dump_index, load_index, looks_right
 from .tree import Tree, layer_tree, merged_tree
 
 Progress = Callable[[str, int, int], None]
@@ -98,22 +100,22 @@ class Layer:
     def blob_size(self) -> int | None:
         """Size of the blob as stored in the archive, or None if it is missing."""
         try:
-            return self.image.archive.blob(self.member)[0].size
+            return self.image.archive.reader.slice(self.member).size
         except ImgfsError:
             return None
 
     @property
     def compression(self) -> str | None:
         """'gzip', 'zstd' or None, from the blob's magic bytes."""
-        return self.image.archive.blob(self.member)[1]
+        return self.image.archive.blob(self.member, self.digest)[1]
 
     def index(self) -> MemberIndex:
-        """The layer's member index (scanned once, shared by every image using the blob)."""
-        return self.image.archive.layer_index(self.member)
+        """The layer's member index (scanned once, shared by every image and archive using the layer)."""
+        return self.image.archive.layer_index(self.member, self.digest, self.diff_id)
 
     def source(self) -> Source:
         """The layer's uncompressed bytes."""
-        return self.image.archive.blob(self.member)[0]
+        return self.image.archive.blob(self.member, self.digest)[0]
 
     def tree(self) -> Tree:
         """The layer as its tar holds it, whiteout markers included."""
@@ -260,18 +262,23 @@ class Image:
 class Archive:
     """A saved image archive (docker save, podman save, OCI archive; optionally gzipped whole)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, spool_dir: str | None = None,
+    def __init__(self, path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
+                 use_cache: bool = True, cache_max_bytes: int = DEFAULT_MAX_BYTES,
                  warn: Callable[[str], None] | None = None, progress: Progress | None = None) -> None:
         self.path = os.fspath(path)
+        self._warned: set[str] = set()
         self._warn = warn
         self.progress = progress
-        self.spool_dir = spool_dir
+        self.store = Store(cache_dir, cache_max_bytes, self.warn) if use_cache else None
         if os.path.isdir(self.path):
             raise FormatError("is a directory, not an image archive (give the .tar file)")
         self.file = FileSource(self.path)
         if self.file.size == 0:
             raise FormatError("is empty, not an image archive")
-        self.outer, self.outer_compression = open_maybe_compressed(self.file, spool_dir)
+        dev, ino, size, mtime_ns = self.file.identity
+        # Seek points of a whole-archive gzip depend on this very file: key them by its identity.
+        self.identity = f"file:{os.path.abspath(self.path)}:{dev}:{ino}:{size}:{mtime_ns}"
+        self.outer, self.outer_compression = open_stream(self.file, self.store, self.identity)
         self.index = scan(self.outer, self._scan_progress("reading archive"))
         if self.index.error:
             self.warn(self.index.error)
@@ -284,17 +291,15 @@ class Archive:
         self._blobs: dict[str, tuple[Source, str | None]] = {}
         self._indexes: dict[str, MemberIndex] = {}
         self._index_errors: dict[str, ImgfsError] = {}
-        self._warned: set[str] = set()
         for img in self.images:
             for w in img.warnings:
                 self.warn(f"{img.label}: {w}")
 
     def warn(self, message: str) -> None:
         """Report a problem once (to the callback given, if any)."""
-        if message in getattr(self, "_warned", set()):
+        if message in self._warned:
             return
-        if hasattr(self, "_warned"):
-            self._warned.add(message)
+        self._warned.add(message)
         if self._warn is not None:
             self._warn(message)
 
@@ -304,25 +309,31 @@ class Archive:
         cb = self.progress
         return lambda done, total: cb(what, done, total)
 
-    def blob(self, member: str) -> tuple[Source, str | None]:
-        """The uncompressed bytes of a blob and the compression it had."""
+    def blob(self, member: str, digest: str | None = None) -> tuple[Source, str | None]:
+        """The uncompressed bytes of a blob (random access) and the compression it had."""
         with self._lock:
             hit = self._blobs.get(member)
             if hit is None:
-                hit = open_maybe_compressed(self.reader.slice(member), self.spool_dir)
+                raw = self.reader.slice(member)
+                key = digest or f"{self.identity}:{raw.base}"
+                hit = open_stream(raw, self.store, key)
                 self._blobs[member] = hit
             return hit
 
-    def layer_index(self, member: str) -> MemberIndex:
-        """Scan a layer blob once; later calls (any image) reuse the index or its error."""
+    def layer_index(self, member: str, digest: str | None = None, diff_id: str | None = None) -> MemberIndex:
+        """Index a layer blob once; the index is shared by images here and, through the cache, elsewhere."""
         with self._lock:
             if member in self._indexes:
                 return self._indexes[member]
             if member in self._index_errors:
                 raise self._index_errors[member]
         try:
-            src, _ = self.blob(member)
-            idx = scan(src, self._scan_progress(f"indexing {member}"))
+            src, _ = self.blob(member, digest)
+            idx = self._cached_index(src, diff_id) if diff_id else None
+            if idx is None:
+                idx = scan(src, self._scan_progress(f"indexing {member}"))
+                if self.store is not None and diff_id:
+                    self.store.write("idx", diff_id, ".idx", dump_index(idx, src.size))
         except ImgfsError as e:
             with self._lock:
                 self._index_errors[member] = e
@@ -331,6 +342,22 @@ class Archive:
             self.warn(f"{member}: {idx.error}")
         with self._lock:
             return self._indexes.setdefault(member, idx)
+
+    def _cached_index(self, src: Source, diff_id: str) -> MemberIndex | None:
+        """The persisted index of a layer (keyed by its diff_id), if present and it fits `src`."""
+        if self.store is None:
+            return None
+        data = self.store.read("idx", diff_id, ".idx")
+        if data is None:
+            return None
+        try:
+            idx, size = load_index(data)
+            if looks_right(idx, src, size):
+                return idx
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, ImgfsError):
+            pass
+        self.warn(f"cache: the index of {diff_id} is corrupt or does not fit; rebuilding it")
+        return None
 
     def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
         """Images matching --image/--platform (host platform preferred among variants)."""
@@ -368,7 +395,11 @@ class Archive:
 
 
 def open_archive(path: str | os.PathLike[str], **kwargs: Any) -> Archive:
-    """Open an image archive; errors name the archive."""
+    """Open an image archive; errors name the archive.
+
+    Keywords: cache_dir (default $XDG_CACHE_HOME/imgfs), use_cache, cache_max_bytes, warn(message),
+    progress(what, done, total).
+    """
     try:
         return Archive(path, **kwargs)
     except ImgfsError as e:

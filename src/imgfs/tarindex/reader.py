@@ -151,6 +151,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
     add_name = names.append
     add_kind = kinds.append
     next_progress = 64 << 20
+    window = getattr(src, "window", _WINDOW)
 
     def read_meta(at: int, size: int, what: str) -> bytes:
         if size > MAX_META:
@@ -168,7 +169,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             pos = off - buf_off
             if pos < 0 or pos + BLOCK > len(buf):
                 buf_off = off
-                buf = src.pread(off, min(_WINDOW, total - off))
+                buf = src.pread(off, min(window, total - off))
                 pos = 0
             name, mode, uid, gid, size, mtime, chksum, typeflag = unpack(buf, pos)
             block = buf[pos:pos + BLOCK]
@@ -231,8 +232,8 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             data_len = size_v if t == FILE else 0
             end = data_off + data_len
             norm = normalize(full)
-            if norm is None:
-                idx.skipped.append(f"{full!r}: climbs above the root")
+            if norm is None or b"\0" in norm:
+                idx.skipped.append(f"{full!r}: " + ("climbs above the root" if norm is None else "has a NUL byte"))
             else:
                 i = len(names)
                 add_name(norm)

@@ -140,6 +140,7 @@ class _Builder:
                     if real is not None:
                         self.remove(real + b"/" + b[4:] if real else b[4:])
         deferred: list[int] = []
+        nodes, kids = self.nodes, self.kids
         for i in range(len(names)):
             if i in markers:
                 continue
@@ -148,9 +149,22 @@ class _Builder:
             ref = base | i
             if name == b"":
                 if k == DIR:
-                    self.nodes[b""] = ref
+                    nodes[b""] = ref
                 continue
             d, _, b = name.rpartition(b"/")
+            siblings = kids.get(d)
+            if siblings is not None and k != HARDLINK:
+                # Fast path: the parent is a real directory already (keys in `kids` are exactly those).
+                old = nodes.get(name)
+                if old is None:
+                    nodes[name] = ref
+                    siblings[name] = None
+                    if k == DIR:
+                        kids[name] = {}
+                    continue
+                if k == DIR and name in kids:
+                    nodes[name] = ref  # dir over dir: new attributes, children merge
+                    continue
             parent = self.dir_path(d, create=True) if d else b""
             path = parent + b"/" + b if parent else b
             if k == HARDLINK:

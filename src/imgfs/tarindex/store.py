@@ -1,0 +1,208 @@
+"""The persisted, content-addressed cache: member indexes, gzip seek points and zstd spools on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+
+from .reader import BLOCK, FILE, MemberIndex
+from .source import Source
+
+VERSION = 1
+MAGIC = b"IMGFSIX%d" % VERSION
+DEFAULT_MAX_BYTES = 8 << 30
+_ARRAYS = ("modes", "uids", "gids", "sizes", "mtimes", "offsets")
+
+
+def default_dir() -> Path:
+    """$XDG_CACHE_HOME/imgfs, else ~/.cache/imgfs."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "imgfs"
+
+
+def _file_key(key: str) -> str:
+    alg, _, hexpart = key.partition(":")
+    if alg == "sha256" and len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart):
+        return hexpart
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def dump_index(idx: MemberIndex, stream_size: int) -> bytes:
+    """Serialise a member index: a JSON header for the sparse parts, then the raw arrays and names."""
+    lat = lambda b: b.decode("latin-1")  # noqa: E731 - lossless bytes -> str for JSON
+    meta = {
+        "n": len(idx), "size": stream_size, "end": idx.end, "error": idx.error, "skipped": idx.skipped[:1000],
+        "links": {i: lat(v) for i, v in idx.links.items()},
+        "devices": {i: list(v) for i, v in idx.devices.items()},
+        "xattrs": {i: {k: lat(v) for k, v in x.items()} for i, x in idx.xattrs.items()},
+        "broken": idx.broken, "frac": idx.mtime_frac,
+    }
+    head = json.dumps(meta, separators=(",", ":")).encode()
+    parts = [MAGIC, struct.pack("<Q", len(head)), head, bytes(idx.kinds)]
+    parts += [getattr(idx, name).tobytes() for name in _ARRAYS]
+    parts.append(b"\0".join(idx.names))
+    return b"".join(parts)
+
+
+def load_index(data: bytes) -> tuple[MemberIndex, int]:
+    """Parse what dump_index wrote; ValueError (or KeyError/TypeError) on anything else."""
+    if data[:len(MAGIC)] != MAGIC:
+        raise ValueError("not an imgfs index file of this version")
+    pos = len(MAGIC)
+    (hlen,) = struct.unpack_from("<Q", data, pos)
+    pos += 8
+    meta = json.loads(data[pos:pos + hlen])
+    pos += hlen
+    n = int(meta["n"])
+    idx = MemberIndex()
+    idx.kinds = bytearray(data[pos:pos + n])
+    pos += n
+    for name in _ARRAYS:
+        arr = array("q")
+        arr.frombytes(data[pos:pos + 8 * n])
+        if len(arr) != n:
+            raise ValueError("index file is cut short")
+        setattr(idx, name, arr)
+        pos += 8 * n
+    idx.names = data[pos:].split(b"\0") if n else []
+    if len(idx.names) != n or len(idx.kinds) != n:
+        raise ValueError("index file is inconsistent")
+    enc = lambda s: s.encode("latin-1")  # noqa: E731
+    idx.links = {int(i): enc(v) for i, v in meta["links"].items()}
+    idx.devices = {int(i): (int(v[0]), int(v[1])) for i, v in meta["devices"].items()}
+    idx.xattrs = {int(i): {k: enc(v) for k, v in x.items()} for i, x in meta["xattrs"].items()}
+    idx.broken = {int(i): str(v) for i, v in meta["broken"].items()}
+    idx.mtime_frac = {int(i): float(v) for i, v in meta["frac"].items()}
+    idx.error, idx.skipped, idx.end = meta["error"], list(meta["skipped"]), int(meta["end"])
+    return idx, int(meta["size"])
+
+
+def looks_right(idx: MemberIndex, src: Source, stream_size: int) -> bool:
+    """Cheap check that a cached index fits this stream: same size, and real headers where it says."""
+    if stream_size != src.size:
+        return False
+    for i in {0, len(idx) - 1} if len(idx) else ():
+        at = idx.offsets[i] - BLOCK
+        if at < 0:
+            return False
+        hdr = src.pread(at, BLOCK)
+        try:
+            stored = int(hdr[148:156].rstrip(b"\0 "), 8)
+        except ValueError:
+            return False
+        if stored != sum(hdr) - sum(hdr[148:156]) + 256:
+            return False
+        plain_file = idx.kinds[i] == FILE and hdr[156:157] in (b"0", b"\0") and hdr[124] & 0x80 == 0
+        if plain_file and int(hdr[124:136].rstrip(b"\0 ") or b"0", 8) != idx.sizes[i]:
+            return False
+    return True
+
+
+class Store:
+    """A size-bounded directory of cache files, written atomically and evicted least recently used first."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_dir()
+        self.max_bytes = max_bytes
+        self._warn = warn
+        self._disabled: str | None = None
+        self._lock = threading.Lock()
+
+    def path(self, kind: str, key: str, suffix: str) -> Path:
+        """Where the cache file of `kind` for `key` lives."""
+        return self.root / f"v{VERSION}" / kind / (_file_key(key) + suffix)
+
+    def warn_once(self, message: str) -> None:
+        """Warn through the callback, once per distinct message."""
+        if self._warn is not None:
+            self._warn(message)
+
+    def read(self, kind: str, key: str, suffix: str) -> bytes | None:
+        """The bytes of a cache file (and mark it used), or None."""
+        p = self.path(kind, key, suffix)
+        try:
+            data = p.read_bytes()
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(p)
+        return data
+
+    def write(self, kind: str, key: str, suffix: str, data: bytes) -> None:
+        """Store bytes atomically; a cache that cannot be written only costs speed (said once)."""
+        self.write_with(kind, key, suffix, lambda fh: fh.write(data))
+
+    def write_with(self, kind: str, key: str, suffix: str, fill: Callable, max_size: int | None = None) -> Path | None:
+        """Let `fill(fileobj)` write a cache file, then move it into place; None if caching is off."""
+        if self._disabled:
+            return None
+        p = self.path(kind, key, suffix)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fill(fh)
+                os.replace(tmp, p)  # atomic: a concurrent reader sees the old file or the new one
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            with self._lock:
+                if not self._disabled:
+                    self._disabled = str(e)
+                    self.warn_once(f"cache {self.root} cannot be written ({e.strerror or e}); working without it")
+            return None
+        self.evict()
+        return p
+
+    def evict(self) -> None:
+        """Delete least recently used files until the cache is within its size bound."""
+        files = self.files()
+        total = sum(s for _, s, _ in files)
+        if total <= self.max_bytes:
+            return
+        for p, size, _ in sorted(files, key=lambda f: f[2]):
+            try:
+                p.unlink()
+            except OSError:
+                continue
+            total -= size
+            if total <= self.max_bytes * 9 // 10:
+                break
+
+    def files(self) -> list[tuple[Path, int, float]]:
+        """Every cache file with its size and last use."""
+        out = []
+        base = self.root / f"v{VERSION}"
+        if not base.is_dir():
+            return out
+        for p in base.rglob("*"):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if p.is_file() and not p.name.startswith(".tmp-"):
+                out.append((p, st.st_size, st.st_mtime))
+        return out
+
+    def clear(self) -> int:
+        """Delete every cache file; return how many bytes were freed."""
+        freed = 0
+        for p, size, _ in self.files():
+            try:
+                p.unlink()
+                freed += size
+            except OSError:
+                pass
+        return freed
