@@ -278,7 +278,8 @@ class Archive:
         dev, ino, size, mtime_ns = self.file.identity
         # Seek points of a whole-archive gzip depend on this very file: key them by its identity.
         self.identity = f"file:{os.path.abspath(self.path)}:{dev}:{ino}:{size}:{mtime_ns}"
-        self.outer, self.outer_compression = open_stream(self.file, self.store, self.identity)
+        self.outer, self.outer_compression = open_stream(self.file, self.store, self.identity,
+                                                         self._scan_progress("decompressing archive"))
         self.index = scan(self.outer, self._scan_progress("reading archive"))
         if self.index.error:
             self.warn(self.index.error)
@@ -316,7 +317,7 @@ class Archive:
             if hit is None:
                 raw = self.reader.slice(member)
                 key = digest or f"{self.identity}:{raw.base}"
-                hit = open_stream(raw, self.store, key)
+                hit = open_stream(raw, self.store, key, self._scan_progress(f"decompressing {member}"))
                 self._blobs[member] = hit
             return hit
 

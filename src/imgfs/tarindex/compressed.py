@@ -8,6 +8,7 @@ import os
 import shutil
 import threading
 import weakref
+from collections.abc import Callable
 
 from ..errors import FormatError, TruncatedError
 from .source import FileSource, Source, SpoolSource, decompress_to, sniff_compression
@@ -17,9 +18,11 @@ from .store import Store
 class _SourceFile(io.RawIOBase):
     """A seekable file object over a Source, for libraries that want one."""
 
-    def __init__(self, src: Source) -> None:
+    def __init__(self, src: Source, progress: Callable[[int, int], None] | None = None) -> None:
         self.src = src
         self.pos = 0
+        self.progress = progress
+        self._next = 64 << 20
 
     def readable(self) -> bool:
         return True
@@ -42,6 +45,9 @@ class _SourceFile(io.RawIOBase):
         data = self.src.pread(self.pos, n)
         b[:n] = data
         self.pos += n
+        if self.progress is not None and self.pos >= self._next:
+            self._next = self.pos + (64 << 20)
+            self.progress(self.pos, self.src.size)
         return n
 
 
@@ -64,10 +70,12 @@ class GzipSource:
 
     window = 4 << 20  # scan in big windows: each window costs a seek into the stream
 
-    def __init__(self, src: Source, store: Store | None = None, key: str | None = None) -> None:
+    def __init__(self, src: Source, store: Store | None = None, key: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> None:
         self.src = src
         self.store = store
         self.key = key
+        self.progress = progress
         self._lock = threading.Lock()
         self._file = None
         self._size: int | None = None
@@ -80,7 +88,8 @@ class GzipSource:
                 import rapidgzip
             except ImportError:  # pragma: no cover - a declared dependency
                 raise FormatError("gzip data needs the 'rapidgzip' package") from None
-            self._file = rapidgzip.RapidgzipFile(_SourceFile(self.src), parallelization=os.cpu_count() or 1)
+            self._file = rapidgzip.RapidgzipFile(_SourceFile(self.src, self.progress),
+                                                 parallelization=os.cpu_count() or 1)
             if self.store is not None and self.key is not None:
                 data = self.store.read("gz", self.key, ".gzi")
                 if data is not None:
@@ -199,12 +208,16 @@ class ZstdSource:
             self._inner = None
 
 
-def open_stream(src: Source, store: Store | None = None, key: str | None = None) -> tuple[Source, str | None]:
-    """Serve `src` uncompressed at random offsets; also name the compression found (from magic bytes)."""
+def open_stream(src: Source, store: Store | None = None, key: str | None = None,
+                progress: Callable[[int, int], None] | None = None) -> tuple[Source, str | None]:
+    """Serve `src` uncompressed at random offsets; also name the compression found (from magic bytes).
+
+    `progress(done, total)` hears of the compressed bytes read by a first pass through a gzip stream.
+    """
     head = src.pread(0, min(8, src.size)) if src.size else b""
     kind = sniff_compression(head)
     if kind == "gzip":
-        return GzipSource(src, store, key), kind
+        return GzipSource(src, store, key, progress), kind
     if kind == "zstd":
         return ZstdSource(src, store, key), kind
     return src, None

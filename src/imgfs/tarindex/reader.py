@@ -232,8 +232,9 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             data_len = size_v if t == FILE else 0
             end = data_off + data_len
             norm = normalize(full)
-            if norm is None or b"\0" in norm:
-                idx.skipped.append(f"{full!r}: " + ("climbs above the root" if norm is None else "has a NUL byte"))
+            bad = "climbs above the root" if norm is None else _bad_name(norm)
+            if bad:
+                idx.skipped.append(f"{full[:200]!r}: {bad}")
             else:
                 i = len(names)
                 add_name(norm)
@@ -274,6 +275,15 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
 
 
 _META_TYPES = frozenset(b"xXgLK")
+PATH_MAX = 4096  # Linux's limit; longer names cannot be real files and would cost memory per component
+
+
+def _bad_name(norm: bytes) -> str | None:
+    if len(norm) > PATH_MAX:
+        return f"longer than {PATH_MAX} bytes"
+    if b"\0" in norm:
+        return "has a NUL byte"
+    return None
 
 
 _LIM = 1 << 62  # what the index's signed 64-bit arrays hold with room to spare
