@@ -1,0 +1,307 @@
+"""Every fixture archive against its ground truth: merged trees, raw layer members, layer names, image selection."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import platform
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import imgfs
+from conftest import IMAGES, TRUTH, archives, truth_index
+from imgfs import Archive, Image
+from imgfs.errors import SelectionError
+from truthlib import diff, listing_from_tree, load_truth
+
+ARCHIVES = archives()
+_OPEN: dict[str, Archive] = {}
+
+
+@pytest.fixture(scope="module")
+def opened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Archive]]:
+    """Archives opened once for the module, with a private index cache (never the user's)."""
+    cache = tmp_path_factory.mktemp("cache")
+    _OPEN["__cache__"] = cache  # type: ignore[assignment]
+    yield _OPEN
+    for a in list(_OPEN.values()):
+        if isinstance(a, Archive):
+            a.close()
+    _OPEN.clear()
+
+
+def get(opened: dict[str, Archive], name: str) -> Archive:
+    """The archive `name`, opened once (cold cache)."""
+    if name not in opened:
+        opened[name] = imgfs.open_archive(IMAGES / name, cache_dir=opened["__cache__"], warn=lambda m: None)
+    return opened[name]
+
+
+def image_for(a: Archive, entry: dict) -> Image:
+    """The imgfs image that an INDEX.json / layers-truth entry describes (by manifest position or digest)."""
+    if entry["source"] == "manifest.json":
+        return a.images[entry["manifest_index"]]
+    hits = [i for i in a.images if i.digest == entry["manifest_digest"]]
+    assert len(hits) == 1, f"manifest {entry['manifest_digest']}: {len(hits)} images in imgfs"
+    return hits[0]
+
+
+def layers_truth(name: str) -> list[dict]:
+    """The per-layer truth records of an archive."""
+    path = TRUTH / truth_index()[name]["layers_truth"]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def truth_name(m: dict, key: str = "name") -> bytes:
+    """A raw member name from the truth, cleaned as rule 18 says ('./', '/' prefixes, trailing '/')."""
+    raw = base64.b64decode(m[key + "_b64"]) if key + "_b64" in m else m[key].encode()
+    while raw.startswith(b"./"):
+        raw = raw[2:]
+    raw = raw.strip(b"/")
+    return b"" if raw == b"." else raw
+
+
+# -- (a) merged trees --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ARCHIVES)
+def test_merged_tree_equals_umoci_rootfs(opened: dict[str, Archive], name: str, index: dict) -> None:
+    a = get(opened, name)
+    for entry in index[name]["images"]:
+        img = image_for(a, entry)
+        assert [la.diff_id for la in img.layers] == entry["diff_ids"]
+        want = load_truth(entry["rootfs_truth"][0])
+        got = listing_from_tree(img.merged())
+        problems = diff(want, got)
+        assert not problems, f"{name} {img.label}: {len(problems)} differences\n" + "\n".join(problems[:15])
+
+
+@pytest.mark.parametrize("name", ["seed.docker-oci.tar.gz", "whiteout.skopeo-oci-gzip.tar", "links.skopeo-oci-zstd.tar",
+                                  "meta.docker-legacy.tar"])
+def test_warm_cache_gives_the_same_tree(opened: dict[str, Archive], name: str, index: dict) -> None:
+    # The second open reads member indexes, seek points and spools from the cache the first one wrote.
+    cold = get(opened, name)
+    for img in cold.images:
+        img.merged()
+    with imgfs.open_archive(IMAGES / name, cache_dir=opened["__cache__"], warn=lambda m: None) as warm:
+        for entry in index[name]["images"]:
+            problems = diff(load_truth(entry["rootfs_truth"][0]), listing_from_tree(image_for(warm, entry).merged()))
+            assert not problems, "\n".join(problems[:15])
+
+
+# -- (b) raw layer members -----------------------------------------------------------------------------
+def _member_records(layer: imgfs.Layer) -> list[dict]:
+    idx = layer.index()
+    src = layer.source()
+    out = []
+    for i in range(len(idx)):
+        kind = idx.kind_name(i)
+        r = {"name": idx.names[i], "type": kind, "size": idx.sizes[i], "mode": f"{idx.modes[i]:04o}",
+             "uid": idx.uids[i], "gid": idx.gids[i], "mtime": int(idx.mtime(i))}
+        if kind in ("hardlink", "symlink"):
+            r["linkname"] = idx.links[i]
+        if kind in ("char", "block"):
+            r["devmajor"], r["devminor"] = idx.devices[i]
+        if i in idx.xattrs:
+            r["xattrs"] = {k: base64.b64encode(v).decode() for k, v in idx.xattrs[i].items()}
+        if kind == "file":
+            h = hashlib.sha256()
+            off, end = idx.offsets[i], idx.offsets[i] + idx.sizes[i]
+            while off < end:
+                chunk = src.pread(off, min(1 << 20, end - off))
+                h.update(chunk)
+                off += len(chunk)
+            r["sha256"] = h.hexdigest()
+        out.append(r)
+    return out
+
+
+def _truth_records(members: list[dict]) -> list[dict]:
+    out = []
+    for m in members:
+        r = {"name": truth_name(m), "type": m["type"], "size": m["size"], "mode": m["mode"], "uid": m["uid"],
+             "gid": m["gid"], "mtime": m["mtime"]}
+        if "linkname" in m:
+            r["linkname"] = base64.b64decode(m["linkname_b64"]) if "linkname_b64" in m else m["linkname"].encode()
+        for k in ("devmajor", "devminor", "xattrs", "sha256"):
+            if k in m:
+                r[k] = m[k]
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("name", ARCHIVES)
+def test_layer_members_equal_the_truth(opened: dict[str, Archive], name: str) -> None:
+    a = get(opened, name)
+    records = layers_truth(name)
+    assert records
+    sources = {r["source"] for r in records}
+    if truth_index()[name]["format"] == "docker-oci":
+        assert sources == {"manifest.json", "oci-index"}  # both views are checked against the same imgfs images
+    for r in records:
+        img = image_for(a, r)
+        assert len(img.layers) == r["layer_count"]
+        layer = img.layers[r["layer_index"]]
+        where = f"{name} {r['source']} {img.label} layer {r['layer_index'] + 1}"
+        assert layer.member == r["archive_member"], where
+        assert layer.diff_id == r["diff_id"], where
+        assert (layer.compression or "none") == r["compression"], where  # from magic bytes (skopeo's mislabel)
+        assert layer.created_by == r["created_by"], where  # rule 1: empty_layer entries take no layer
+        got, want = _member_records(layer), _truth_records(r["members"])
+        assert len(got) == len(want), where
+        bad = [(g, w) for g, w in zip(got, want, strict=True) if g != w]
+        assert not bad, f"{where}: {len(bad)} members differ, first: {bad[0]}"
+        assert layer.index().error is None and not layer.index().broken
+
+
+@pytest.mark.parametrize("name", ["seed.docker-legacy.tar", "whiteout.docker-oci.tar", "seed.skopeo-oci-zstd.tar"])
+def test_layer_tree_holds_the_layer_members(opened: dict[str, Archive], name: str) -> None:
+    # The per-layer view shows each member (markers too, rule 12); nothing else except implied parents.
+    for img in get(opened, name).images:
+        for layer in img.layers:
+            names = set(layer.index().names)
+            tree = layer.tree()
+            paths = {p for p, _ in tree.walk()}
+            assert names <= paths, sorted(names - paths)[:5]
+            extra = [p for p in paths - names if tree.lookup(p) is not None and tree.lookup(p) >= 0]
+            assert not extra, extra[:5]
+
+
+# -- (c) layer names -------------------------------------------------------------------------------------
+_TOKEN = re.compile(r"[A-Za-z0-9_.-]{2,}")
+_HEX = re.compile(r"^[0-9a-f]{12,}$")
+
+
+def _tokens(text: str) -> set[str]:
+    """Distinctive words of a command; long hex digests count by their first 8 digits (names shorten them)."""
+    words = set()
+    for w in _TOKEN.findall(text.replace("\u2215", "/")):
+        words.add(w[:8] if _HEX.match(w) else w)
+    return words - {"nop", "buildkit"}
+
+
+def _history_sources(image_json: str) -> list[str]:
+    """Per layer, the text a name should come from: created_by, else comment (rule 1 applied here)."""
+    cfg = json.loads((TRUTH / image_json).read_text())["config"]
+    entries = [h for h in cfg.get("history", []) if not h.get("empty_layer")]
+    return [h.get("created_by") or h.get("comment") or "" for h in entries]
+
+
+def _valid_file_name(n: str) -> bool:
+    raw = n.encode("utf-8")
+    return 0 < len(raw) <= 255 and b"/" not in raw and b"\0" not in raw and n not in (".", "..")
+
+
+@pytest.mark.parametrize("name", ARCHIVES)
+def test_layer_names_follow_their_history(opened: dict[str, Archive], name: str, index: dict) -> None:
+    a = get(opened, name)
+    for entry in index[name]["images"]:
+        img = image_for(a, entry)
+        n = len(img.layers)
+        width = len(str(n))
+        names = [la.name for la in img.layers]
+        assert len(set(names)) == n
+        srcs = _history_sources(entry["image_config_truth"][0])
+        assert len(srcs) == n
+        for pos, (layer, src) in enumerate(zip(img.layers, srcs, strict=True)):
+            assert _valid_file_name(layer.name), layer.name
+            assert re.match(rf"^{pos + 1:0{width}d}( |$)", layer.name), layer.name
+            # The name comes from this layer's history entry: every word in it is a word of that entry (a name
+            # cut at 255 bytes may end in half a word; 'RUN' may be added to a bare shell command), and it shows a
+            # word no other entry has, if there is one.
+            words = layer.name.split(" ", 1)[1] if " " in layer.name else ""
+            if len(layer.name.encode()) > 240:
+                words = words.rsplit(" ", 1)[0]
+            assert _tokens(words) <= _tokens(src) | {"RUN"}, (layer.name, src)
+            own = _tokens(src) - set().union(*(_tokens(o) for o in srcs if o != src))
+            assert not own or _tokens(words) & own, (layer.name, src)
+
+
+@pytest.mark.parametrize("name", [n for n in ARCHIVES if n.startswith(("seed.", "seed-classic.", "seed-buildah."))])
+def test_the_trace_log_layer_is_named_after_it(opened: dict[str, Archive], name: str) -> None:
+    for img in get(opened, name).images:
+        tracing = [la for la in img.layers if la.created_by and "trace.log" in la.created_by]
+        assert len(tracing) == 1
+        assert "trace.log" in tracing[0].name
+        assert [la for la in img.layers if "trace.log" in la.name] == tracing
+
+
+# -- (d) image selection -----------------------------------------------------------------------------------
+def _host() -> str:
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+@pytest.mark.parametrize("name", ARCHIVES)
+def test_every_image_is_reachable_by_its_names(opened: dict[str, Archive], name: str, index: dict) -> None:
+    a = get(opened, name)
+    info = index[name]
+    by_manifest = [e for e in info["images"] if e["source"] == "manifest.json"]
+    expected_count = len(by_manifest) if by_manifest else len(info["images"])
+    assert len(a.images) == expected_count
+    for entry in info["images"]:
+        img = image_for(a, entry)
+        for tag in entry.get("repo_tags") or []:
+            assert a.image(tag) is img
+            short = tag.rsplit("/", 1)[-1]  # docker.io/library/seed:latest is also seed:latest
+            assert a.image(short) is img
+            if short.endswith(":latest"):
+                assert a.image(short.removesuffix(":latest")) is img
+        if entry.get("ref_name") and not by_manifest:
+            # In OCI archives the ref name is the only name (docker-oci ones are tag-only, ambiguous: quirk 1).
+            assert img in a.select(entry["ref_name"], platform=img.platform)
+        cfg_hex = (entry.get("config_digest") or "").removeprefix("sha256:") or Path(entry["config"]).name.split(".")[0]
+        assert img.config_digest == "sha256:" + cfg_hex
+        assert a.image(cfg_hex[:12]) is img or len(a.images) > 1 and img in a.select(cfg_hex[:12])
+        if entry.get("manifest_digest"):
+            assert img.digest == entry["manifest_digest"]
+    if expected_count == 1:
+        assert a.image().digest == a.images[0].digest
+
+
+def test_multi_image_archives_need_a_choice(opened: dict[str, Archive]) -> None:
+    for name in ("multi.docker-legacy.tar", "multi.docker-oci.tar"):
+        a = get(opened, name)
+        assert len(a.images) == 3
+        with pytest.raises(SelectionError):
+            a.image()
+        labels = {a.image(t).config_digest for t in ("seed", "whiteout:latest", "example.com/corpus/links:1.0")}
+        assert len(labels) == 3
+        with pytest.raises(SelectionError):
+            a.image("nosuch:tag")
+
+
+def test_oci_index_platforms(opened: dict[str, Archive], index: dict) -> None:
+    name = "seed.oci-index.tar"
+    a = get(opened, name)
+    plats = {}
+    for e in index[name]["images"]:
+        p = e["platform"]
+        plats["/".join(filter(None, (p["os"], p["architecture"], p.get("variant"))))] = e
+    assert sorted(i.platform for i in a.images) == sorted(plats)
+    for plat, e in plats.items():
+        assert a.image(platform=plat).digest == e["manifest_digest"]
+    assert a.image(platform="linux/arm64").digest == plats["linux/arm64/v8"]["manifest_digest"]
+    host = f"linux/{_host()}"
+    if host in plats:
+        assert a.image().digest == plats[host]["manifest_digest"]  # the default is the host's platform
+    else:
+        with pytest.raises(SelectionError):
+            a.image()
+    with pytest.raises(SelectionError):
+        a.image(platform="linux/s390x")
+    amd, arm = a.image(platform="linux/amd64"), a.image(platform="linux/arm64/v8")
+    assert len(arm.layers) == len(amd.layers) + 1  # `buildah commit` added one layer
+    assert [la.diff_id for la in arm.layers[:-1]] == [la.diff_id for la in amd.layers]  # shared blobs
+
+
+@pytest.mark.parametrize("name", ARCHIVES)
+def test_archive_kind(opened: dict[str, Archive], name: str, index: dict) -> None:
+    fmt = index[name]["format"]
+    want = {"docker-legacy": "docker-archive", "podman-docker": "docker-archive", "docker-oci": "docker-oci"}.get(
+        fmt, "oci-archive")
+    if name.endswith(".gz"):
+        want += "+gzip"
+    assert get(opened, name).kind == want
