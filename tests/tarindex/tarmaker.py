@@ -5,7 +5,10 @@ Imported by the tests under tests/tarindex, tests/tree and tests/formats as `tar
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import tarfile
 from collections.abc import Iterable
 
@@ -161,3 +164,101 @@ def merge(*layers: bytes | list[Member]) -> Tree:
     datas = [tar_of(la) if isinstance(la, list) else la for la in layers]
     tree, _ = merged_tree([index_of(d) for d in datas], [BytesSource(d) for d in datas])
     return tree
+
+
+# -- whole image archives -------------------------------------------------------------------------
+def digest_of(data: bytes) -> str:
+    """The sha256 digest string of `data`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def config_for(layers: list[bytes], history: list[dict] | None = None, **extra: object) -> dict:
+    """An image config whose diff_ids are those of the (uncompressed) layer tars given."""
+    cfg: dict = {"architecture": "amd64", "os": "linux",
+                 "rootfs": {"type": "layers", "diff_ids": [digest_of(la) for la in layers]}}
+    if history is None:
+        history = [{"created_by": f"RUN step {n + 1}"} for n in range(len(layers))]
+    cfg["history"] = history
+    cfg.update(extra)
+    return cfg
+
+
+def _raw(data: bytes | dict | list | str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else json.dumps(data).encode()
+
+
+class ArchiveBuilder:
+    """The members of an image archive, written as one tar; JSON documents are serialised as given."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, bytes] = {}
+        self.symlinks: dict[str, str] = {}
+
+    def add(self, path: str, data: bytes | dict | list | str) -> bytes:
+        """A member at `path` (dicts and lists become JSON); returns its bytes."""
+        self.members[path] = raw = _raw(data)
+        return raw
+
+    def blob(self, data: bytes | dict | list, media_type: str | None = None, **extra: object) -> dict:
+        """Store `data` under blobs/sha256/ and return its OCI descriptor."""
+        raw = _raw(data)
+        d = digest_of(raw)
+        self.members["blobs/sha256/" + d.split(":")[1]] = raw
+        desc: dict = {"digest": d, "size": len(raw)}
+        if media_type:
+            desc["mediaType"] = media_type
+        desc.update(extra)
+        return desc
+
+    def oci_image(self, layers: list[bytes], config: dict | None = None, blobs: list[bytes] | None = None,
+                  **desc_extra: object) -> dict:
+        """Config, layers (stored as `blobs`, e.g. compressed, when given) and manifest; the manifest descriptor."""
+        cfg = self.blob(config if config is not None else config_for(layers),
+                        "application/vnd.oci.image.config.v1+json")
+        lds = [self.blob(b, "application/vnd.oci.image.layer.v1.tar") for b in (blobs or layers)]
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": cfg, "layers": lds}
+        return self.blob(manifest, "application/vnd.oci.image.manifest.v1+json", **desc_extra)
+
+    def oci_index(self, manifests: list[dict], path: str = "index.json") -> dict:
+        """An image index listing `manifests`: written at `path`, or as a blob when path is None."""
+        doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
+        if path:
+            self.add("oci-layout", {"imageLayoutVersion": "1.0.0"})
+            self.add(path, doc)
+            return doc
+        return self.blob(doc, "application/vnd.oci.image.index.v1+json")
+
+    def docker_image(self, layers: list[bytes], tags: list[str], config: dict | None = None,
+                     prefix: str = "") -> dict:
+        """A legacy `docker save` image (<id>/layer.tar, <id>.json); returns its manifest.json entry."""
+        cfg_raw = json.dumps(config if config is not None else config_for(layers)).encode()
+        cfg_name = hashlib.sha256(cfg_raw).hexdigest() + ".json"
+        self.members[cfg_name] = cfg_raw
+        paths = []
+        for la in layers:
+            v1 = hashlib.sha256(b"v1" + la).hexdigest()
+            self.members[f"{v1}/layer.tar"] = la
+            self.members[f"{v1}/VERSION"] = b"1.0"
+            paths.append(prefix + f"{v1}/layer.tar")
+        return {"Config": prefix + cfg_name, "RepoTags": tags, "Layers": paths}
+
+    def symlink(self, path: str, target: str) -> None:
+        """An archive member that is a symlink (legacy docker save dedups layers so)."""
+        self.symlinks[path] = target
+
+    def tar(self) -> bytes:
+        """The archive as tar bytes, directories implied by member paths first."""
+        dirs = sorted({p.rsplit("/", 1)[0] for p in [*self.members, *self.symlinks] if "/" in p})
+        entries: list[Member] = [D(d) for d in dirs]
+        entries += [F(p, data) for p, data in self.members.items()]
+        entries += [S(p, t) for p, t in self.symlinks.items()]
+        return tar_of(entries)
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write the archive to `path`; returns the path."""
+        with open(path, "wb") as fh:
+            fh.write(self.tar())
+        return os.fspath(path)
