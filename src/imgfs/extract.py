@@ -150,6 +150,11 @@ class _Extractor:
 
     def run(self, keys: Iterable[bytes]) -> ExtractStats:
         for top in keys:
+            try:
+                safe_parts(top)  # Tree.walk would normalise '..' away and walk somewhere else
+            except UnsafeName as err:
+                self.stats.errors.append(str(err))
+                continue
             skip: bytes | None = None
             for key, ref in self.tree.walk(top):
                 if skip is not None and key.startswith(skip):

@@ -1,0 +1,88 @@
+"""Helpers for the CLI tests: run `imgfs` in-process, and write small (possibly hostile) image archives.
+
+Imported by the tests under tests/cli and by tests/test_extract.py as `cli.clihelp`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imgfs.cli import main
+
+
+@dataclass
+class Result:
+    """Exit status and output of one in-process run."""
+
+    rc: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        """stdout decoded."""
+        return self.out.decode("utf-8")
+
+    @property
+    def lines(self) -> list[str]:
+        """stdout lines."""
+        return self.text.splitlines()
+
+    def json(self) -> object:
+        """stdout parsed as one JSON document."""
+        return json.loads(self.out)
+
+
+def run(capsys: pytest.CaptureFixture[bytes], *argv: object) -> Result:
+    """Run main() with `argv` (paths allowed) under capsysbinary."""
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return Result(rc, cap.out, cap.err.decode("utf-8", "replace"))
+
+
+def assert_one_line_error(res: Result, *needles: str, rc: int = 1) -> None:
+    """A failure reported as a single 'imgfs: ...' line on stderr, nothing on stdout, no traceback."""
+    assert res.rc == rc, res
+    assert "Traceback" not in res.err
+    lines = res.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgfs: "), res.err
+    assert res.out == b""
+    for n in needles:
+        assert n in res.err, (n, res.err)
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def docker_archive(path: Path, layers: list[bytes], tag: str = "hostile:latest",
+                   history: list[str] | None = None, omit: set[int] | None = None,
+                   manifest_bytes: bytes | None = None) -> Path:
+    """Write a docker-archive (manifest.json + config + layer tars) holding one image made of `layers`.
+
+    `omit` leaves the layers at those positions out; `manifest_bytes` replaces manifest.json.
+    """
+    diff_ids = ["sha256:" + hashlib.sha256(la).hexdigest() for la in layers]
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids},
+              "history": [{"created_by": c} for c in (history or [f"step {i + 1}" for i in range(len(layers))])]}
+    cfg = json.dumps(config).encode()
+    cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
+    names = [f"{d[7:]}/layer.tar" for d in diff_ids]
+    manifest = [{"Config": cfg_name, "RepoTags": [tag], "Layers": names}]
+    with tarfile.open(path, "w") as tf:
+        _add(tf, "manifest.json", manifest_bytes if manifest_bytes is not None else json.dumps(manifest).encode())
+        _add(tf, cfg_name, cfg)
+        for i, (name, data) in enumerate(zip(names, layers, strict=True)):
+            if i not in (omit or set()):
+                _add(tf, name, data)
+    return path
