@@ -73,7 +73,8 @@ def test_terminal_gets_header_and_aligned_columns():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     lines = b"".join(chunks).decode().splitlines()
-    assert lines[0].split() == ["#", "NAME", "DIGEST", "SIZE", "ENTRIES", "CREATED", "COMMAND"]
+    assert lines[0].split() == ["#", "NAME", "DIGEST", "SIZE", "ENTRIES", "FILES", "BYTES", "WASTED",
+                                 "CREATED", "COMMAND"]
     assert "\t" not in "".join(lines)
     assert lines[1].startswith("1  1 Imported from -") and " 2.0M " in lines[1] and "d7757ec0e982 " in lines[1]
     assert lines[4].index("ab33c891bd44") == lines[1].index("d7757ec0e982")

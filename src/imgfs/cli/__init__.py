@@ -66,8 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("images", "list the images an archive holds (refs, digest, platform, layer count)", [base, as_json],
         commands.images, "Columns: name, refs (comma-separated), manifest digest, config digest, platform, layers.")
-    add("layers", "list the layers of an image, bottom to top", [base, as_json], commands.layers,
-        "Columns: number, directory name, digest, blob size, entries, created, history command.")
+    p = add("layers", "list the layers of an image, bottom to top", [base, as_json], commands.layers,
+            "Columns: number, directory name, digest, blob size, tar entries, FILES and BYTES (regular files the\n"
+            "layer writes, new or changed), WASTED (bytes of those that later layers delete or shadow),\n"
+            "created, history command.")
+    p.add_argument("--names", action="store_true", help="only the layer directory names, one a line (fast)")
+    p = add("diff", "show what each layer adds, modifies and deletes", [base, layer, as_json], commands.diff,
+            "Each layer is compared with the merged layers below it: whiteouts and opaque directories show as\n"
+            "deletions of what they hide. Lines: LAYER<TAB>A|M|D<TAB>TYPE (old->new if it changed)<TAB>\n"
+            "SIZE CHANGE<TAB>PATH. Directories and symlinks written again unchanged are not listed. Per-layer\n"
+            "totals (files and bytes written, bytes wasted, counts) head each layer on a terminal, are in\n"
+            "--json, and are columns of `imgfs layers`.")
     p = add("ls", "list a directory of the merged root filesystem, or of one layer", [base, layer, as_json],
             commands.ls, "With -l columns: mode, uid, gid, size (major,minor for devices), mtime (UTC), "
                          "name (-> target for symlinks).")

@@ -13,7 +13,8 @@ from ..archive import Archive, Image, Layer, open_archive
 from ..errors import FormatError, ImgfsError, NotFoundError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK
 from ..tree import Entry, Tree
-from .output import Ui, created, field, human, mode_string, short_digest, show_path, timestamp
+from . import changes
+from .output import Ui, clip, created, field, human, mode_string, short_digest, show_path, timestamp
 
 Command = Callable[[argparse.Namespace, Ui], "int | None"]
 TYPE_CODES = {"f": FILE, "d": DIR, "l": SYMLINK, "c": CHAR, "b": BLOCKDEV, "p": FIFO}
@@ -98,27 +99,66 @@ def _layer_facts(layer: Layer, ui: Ui) -> tuple[int | None, str | None]:
         return None, None
 
 
+def _num(n: int | None, size: bool = False, tty: bool = False) -> str:
+    if n is None:
+        return "-"
+    return human(n) if size and tty else str(n)
+
+
 def layers(args: argparse.Namespace, ui: Ui) -> int:
-    """imgfs layers: one row per layer, bottom to top."""
+    """imgfs layers: one row per layer, bottom to top, with what each writes and what of it is wasted."""
     with open_for(args, ui) as a:
         img = image_for(a, args)
+        if args.names:  # for shell completion: no layer is read
+            for la in img.layers:
+                ui.line(field(la.name))
+            return 0
         facts = [_layer_facts(la, ui) for la in img.layers]
+        totals = changes.layer_totals(img, ui.warn)
         if args.json:
             ui.json({"archive": args.archive, "image": img.label, "platform": img.platform, "layers": [
                 {"number": la.number, "name": la.name, "digest": la.digest, "diff_id": la.diff_id,
                  "member": la.member, "size": la.blob_size, "compression": comp, "entries": n,
-                 "created": la.created, "created_by": la.created_by}
-                for la, (n, comp) in zip(img.layers, facts, strict=True)]})
+                 "files": t.files if t else None, "bytes": t.bytes if t else None,
+                 "wasted": t.wasted if t else None, "created": la.created, "created_by": la.created_by}
+                for la, (n, comp), t in zip(img.layers, facts, totals, strict=True)]})
             return 0
-        rows, short = [], []
-        for la, (n, _) in zip(img.layers, facts, strict=True):
-            size = la.blob_size
-            row = [str(la.number), la.name, la.digest or "-", "-" if size is None else str(size),
-                   "-" if n is None else str(n), la.created or "-", la.created_by or "-"]
-            rows.append(row)
-            short.append(row[:2] + [short_digest(la.digest), "-" if size is None else human(size), row[4],
-                                    created(la.created), row[6]])
-        ui.table(["#", "NAME", "DIGEST", "SIZE", "ENTRIES", "CREATED", "COMMAND"], rows, short)
+        header = ["#", "NAME", "DIGEST", "SIZE", "ENTRIES", "FILES", "BYTES", "WASTED", "CREATED", "COMMAND"]
+        rows = [[str(la.number), clip(la.name, 48) if ui.tty else la.name,
+                 short_digest(la.digest) if ui.tty else la.digest or "-", _num(la.blob_size, True, ui.tty),
+                 _num(n), _num(t and t.files), _num(t and t.bytes, True, ui.tty), _num(t and t.wasted, True, ui.tty),
+                 created(la.created) if ui.tty else la.created or "-", la.created_by or "-"]
+                for la, (n, _), t in zip(img.layers, facts, totals, strict=True)]
+        ui.table(header, rows)
+    return 0
+
+
+def diff(args: argparse.Namespace, ui: Ui) -> int:
+    """imgfs diff: per layer, the paths it adds, modifies and deletes, with totals."""
+    with open_for(args, ui) as a:
+        img = image_for(a, args)
+        positions = [img.find_layer(args.layer).position] if args.layer else list(range(len(img.layers)))
+        results = changes.layer_changes(img, positions, ui.warn)
+        if args.json:
+            ui.json({"archive": args.archive, "image": img.label, "platform": img.platform, "layers": [
+                {"number": r.layer.number, "name": r.layer.name, "totals": r.totals.as_dict(),
+                 "changes": [{"change": c.code, "path": show_path(c.path), "type": c.kind, "old_type": c.old_kind,
+                              "size_change": c.size_change} for c in r.changes]} for r in results]})
+            return 0
+        for r in results:
+            if ui.tty:
+                t = r.totals
+                ui.line(f"== {r.layer.name}: {t.files} files, {human(t.bytes)} written, {human(t.wasted)} wasted; "
+                        f"{t.added} added, {t.modified} modified, {t.deleted} deleted")
+            label = field(r.layer.name)
+            for c in r.changes:
+                kind = f"{c.old_kind}->{c.kind}" if c.old_kind else c.kind
+                size = f"{c.size_change:+d}" if not ui.tty else ("+" if c.size_change >= 0 else "-") + human(
+                    abs(c.size_change))
+                if ui.tty:
+                    ui.line(f"{c.code} {kind:<12} {size:>7}  {show_path(c.path)}")
+                else:
+                    ui.line(f"{label}\t{c.code}\t{kind}\t{size}\t{show_path(c.path)}")
     return 0
 
 

@@ -34,6 +34,11 @@ def human(n: float) -> str:
     return str(n)  # unreachable
 
 
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters, with an ellipsis when cut."""
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
 def short_digest(digest: str | None) -> str:
     """The first 12 hex digits of a digest, or '-'."""
     return digest.split(":", 1)[-1][:12] if digest else "-"
@@ -76,6 +81,7 @@ class Progress:
     def __call__(self, what: str, done: int, total: int) -> None:
         now = time.monotonic()
         if what != self.what:
+            self.clear()  # the finished step's line must not linger while a quick one runs
             self.what, self.started, self.drawn = what, now, 0.0
         elapsed = now - self.started
         if elapsed < self.DELAY or (now - self.drawn < self.EVERY and done < total):
@@ -108,9 +114,12 @@ class Ui:
         self.tty = _isatty(self.out)
         self.progress = Progress(self.err) if not quiet and _isatty(self.err) else None
 
-    def _message(self, text: str) -> None:
+    def _quiet_progress(self) -> None:
         if self.progress:
             self.progress.clear()
+
+    def _message(self, text: str) -> None:
+        self._quiet_progress()
         self.err.write(f"imgfs: {text}\n")
         self.err.flush()
 
@@ -130,6 +139,7 @@ class Ui:
 
     def table(self, header: list[str], rows: list[list[str]], human_rows: list[list[str]] | None = None) -> None:
         """Rows as tab-separated lines; on a terminal aligned, with a header and `human_rows` if given."""
+        self._quiet_progress()
         if not self.tty:
             for row in rows:
                 self.out.write("\t".join(field(c) for c in row) + "\n")
@@ -141,14 +151,17 @@ class Ui:
 
     def line(self, text: str) -> None:
         """One line of plain output."""
+        self._quiet_progress()
         self.out.write(text + "\n")
 
     def json(self, doc: Any) -> None:
         """One JSON document."""
+        self._quiet_progress()
         self.out.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
     def json_line(self, obj: Any) -> None:
         """One JSON object on one line (JSON Lines)."""
+        self._quiet_progress()
         self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
