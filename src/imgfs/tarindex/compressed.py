@@ -66,6 +66,7 @@ class GzipSource:
 
     The first full pass records a seek point every few MiB; the points are saved in the store, so a later
     open reads a file deep inside the stream by decompressing one span, not the stream from its start.
+    rapidgzip's threads do not survive fork(): a process that forks must open its archives after the fork.
     """
 
     window = 4 << 20  # scan in big windows: each window costs a seek into the stream
