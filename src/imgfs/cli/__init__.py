@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated FUSE mount options (may be repeated)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (implies --foreground)")
+    p = sub.add_parser("completion", help="print a shell completion script",
+                       description="Print a shell completion script: subcommands, options, archive files, image "
+                                   "labels, layer names and paths inside the image.",
+                       epilog='Load it with:  eval "$(imgfs completion bash)"  (or zsh, e.g. in ~/.bashrc / ~/.zshrc)',
+                       parents=[_parent("common")])
+    p.set_defaults(func=commands.completion)
+    p.add_argument("shell", choices=["bash", "zsh"])
     p = sub.add_parser("umount", help="unmount an imgfs mount", description="Unmount an imgfs mount.",
                        parents=[_parent("common")])
     p.set_defaults(func=commands.umount)

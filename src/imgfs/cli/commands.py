@@ -14,6 +14,7 @@ from ..errors import FormatError, ImgfsError, NotFoundError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK
 from ..tree import Entry, Tree
 from . import changes
+from .completion import script as completion_script
 from .output import Ui, clip, created, field, human, mode_string, short_digest, show_path, timestamp
 
 Command = Callable[[argparse.Namespace, Ui], "int | None"]
@@ -284,6 +285,14 @@ def mount(args: argparse.Namespace, ui: Ui) -> int:
     _fuse().mount(args.archive, args.mountpoint, image=args.image, platform=args.platform,
                   foreground=args.foreground or args.debug, options=",".join(args.options) if args.options else None,
                   allow_other=args.allow_other, debug=args.debug, warn=ui.warn)
+    return 0
+
+
+def completion(args: argparse.Namespace, ui: Ui) -> int:
+    """imgfs completion: a bash or zsh completion script on stdout."""
+    from . import build_parser  # the parser imports this module
+
+    ui.out.write(completion_script(args.shell, build_parser()))
     return 0
 
 
