@@ -5,10 +5,13 @@ Imported by the tests under tests/cli and by tests/test_extract.py as `cli.clihe
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
+import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +43,15 @@ class Result:
         return json.loads(self.out)
 
 
+# The tests never touch the user's index cache: one private cache for the test process.
+CACHE = tempfile.mkdtemp(prefix="imgfs-test-cache-")
+atexit.register(shutil.rmtree, CACHE, True)
+
+
 def run(capsys: pytest.CaptureFixture[bytes], *argv: object) -> Result:
-    """Run main() with `argv` (paths allowed) under capsysbinary."""
+    """Run main() with `argv` (paths allowed) under capsysbinary, with the private cache."""
     capsys.readouterr()
-    rc = main([str(a) for a in argv])
+    rc = main(["--cache-dir", CACHE, *[str(a) for a in argv]])
     cap = capsys.readouterr()
     return Result(rc, cap.out, cap.err.decode("utf-8", "replace"))
 

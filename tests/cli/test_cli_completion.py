@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.clihelp import run
+from cli.clihelp import CACHE, run
 from conftest import IMAGES
 from imgfs.cli import build_parser
 
@@ -36,7 +36,8 @@ def complete(request, tmp_path_factory):
     script.write_text(subprocess.run([PROG, "completion", shell], capture_output=True, check=True, text=True).stdout)
     argv = [shell, "-c", DRIVER[shell], "driver", str(script)] if shell == "bash" else \
         [shell, "-f", "-c", DRIVER[shell], "driver", str(script)]
-    env = dict(os.environ, ZDOTDIR=str(script.parent))  # compinit writes its .zcompdump there, not in $HOME
+    # compinit writes its .zcompdump to ZDOTDIR, not $HOME; imgfs uses the private test cache
+    env = dict(os.environ, ZDOTDIR=str(script.parent), IMGFS_CACHE_DIR=CACHE)
 
     def run_it(*words: str) -> list[str]:
         res = subprocess.run([*argv, PROG, *words], capture_output=True, text=True, timeout=60, check=False, env=env)
@@ -68,6 +69,7 @@ def test_subcommands_and_options(complete):
     assert "--layer" in complete("find", SEED, "--") and "--names" in complete("layers", SEED, "--n")
     assert complete("find", SEED, "--type", "") == ["f", "d", "l", "c", "b", "p"]
     assert complete("completion", "") == ["bash", "zsh"]
+    assert complete("--cache-dir", "/tmp", "fi") == ["find"]  # a global option's value is not the subcommand
 
 
 def test_layer_names_from_the_archive(complete):
@@ -92,3 +94,5 @@ def test_files_and_directories(complete, tmp_path):
     (tmp_path / "file").write_text("")
     assert complete("extract", SEED, "/app", "-o", str(tmp_path) + "/") == [str(tmp_path / "sub")]
     assert complete("mount", SEED, str(tmp_path) + "/") == [str(tmp_path / "sub")]
+    assert complete("--cache-dir", str(tmp_path) + "/") == [str(tmp_path / "sub")]
+    assert complete("layers", "--cache-dir", str(tmp_path) + "/") == [str(tmp_path / "sub")]

@@ -11,14 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from cli.clihelp import CACHE
 from conftest import IMAGES
 
 SEED = str(IMAGES / "seed.docker-oci.tar")
 SCRIPT = shutil.which("imgfs", path=str(Path(sys.executable).parent)) or shutil.which("imgfs")
 
 
-def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(argv, capture_output=True, timeout=60, check=False, **kw)  # type: ignore[call-overload]
+ENV = dict(os.environ, IMGFS_CACHE_DIR=CACHE)  # the private test cache, never the user's
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, capture_output=True, timeout=60, check=False, env=ENV)
 
 
 @pytest.mark.skipif(SCRIPT is None, reason="imgfs console script not installed")
@@ -46,7 +50,8 @@ def test_python_dash_m_and_errors_without_traceback(tmp_path):
 def test_output_pipe_closed_early_exits_quietly():
     """`imgfs cat ... | head -c 10` and `imgfs find ... | head -1`: no traceback, no noise."""
     for args in (["cat", SEED, "/bin/busybox"], ["find", SEED]):
-        proc = subprocess.Popen([sys.executable, "-m", "imgfs", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-m", "imgfs", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=ENV)
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.read(10)
         proc.stdout.close()
@@ -60,7 +65,7 @@ def test_terminal_gets_header_and_aligned_columns():
     """On a TTY: a header line, aligned columns and human sizes; the plain form is tested elsewhere."""
     pid, fd = pty.fork()
     if pid == 0:  # child: stdout and stderr are the pty
-        os.execv(sys.executable, [sys.executable, "-m", "imgfs", "layers", SEED])
+        os.execve(sys.executable, [sys.executable, "-m", "imgfs", "layers", SEED], ENV)
     chunks = []
     while True:
         try:

@@ -114,7 +114,8 @@ def test_usage_errors_exit_2(capsysbinary, argv):
 def test_help_and_version(capsysbinary):
     res = run(capsysbinary, "--help")
     assert res.rc == 0 and b"extract" in res.out and b"exit status" in res.out
-    for sub in ("images", "layers", "ls", "find", "cat", "extract", "mount", "umount"):
+    for sub in ("images", "layers", "diff", "ls", "find", "cat", "extract", "verify", "cache", "mount", "umount",
+                "completion"):
         res = run(capsysbinary, sub, "--help")
         assert res.rc == 0 and res.out.startswith(b"usage: imgfs " + sub.encode())
     assert run(capsysbinary, "--version").out.startswith(b"imgfs ")

@@ -30,6 +30,8 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
     if "common" in adders:
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="no warnings, notes or progress on stderr")
+    if "cache" in adders:
+        _cache_options(p, argparse.SUPPRESS)
     if "archive" in adders:
         p.add_argument("archive", metavar="ARCHIVE", help="image tarball (docker save, podman save, OCI archive)")
     if "select" in adders:
@@ -42,6 +44,14 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
     return p
 
 
+def _cache_options(p: argparse.ArgumentParser, default: object) -> None:
+    # Accepted before or after the subcommand: the subcommand's copy must not reset the main one.
+    p.add_argument("--cache-dir", metavar="DIR", default=None if default is None else default,
+                   help="where layer indexes are cached (default $IMGFS_CACHE_DIR, else $XDG_CACHE_HOME/imgfs)")
+    p.add_argument("--no-cache", action="store_true", default=False if default is None else default,
+                   help="neither read nor write the index cache")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -52,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"imgfs {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", default=False,
                         help="no warnings, notes or progress on stderr")
+    _cache_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    base = _parent("common", "archive", "select")
+    base = _parent("common", "cache", "archive", "select")
     layer, as_json = _parent("layer"), _parent("json")
 
     def add(name: str, helptext: str, parents: list[argparse.ArgumentParser], func: commands.Command,
@@ -108,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated FUSE mount options (may be repeated)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (implies --foreground)")
+    add("verify", "check the image's config, manifest and layers against their digests (hashes every blob)",
+        [base, as_json], commands.verify,
+        "Without --image/--platform every image of the archive is checked. Lines: IMAGE<TAB>OK|FAILED<TAB>\n"
+        "WHAT<TAB>EXPECTED<TAB>FOUND (or the error). Exit status 1 when any check fails.")
+    p = sub.add_parser("cache", help="show or clear the layer index cache", formatter_class=fmt,
+                       description="Show the layer index cache: files and bytes per kind (idx: member indexes, "
+                                   "gz: gzip seek points, zst: decompressed zstd layers), or clear it.",
+                       epilog="Lines: PATH<TAB>FILES<TAB>BYTES, one per kind, then the whole cache.",
+                       parents=[_parent("common", "cache", "json")])
+    p.set_defaults(func=commands.cache)
+    p.add_argument("--clear", action="store_true", help="delete every cache file")
     p = sub.add_parser("completion", help="print a shell completion script",
                        description="Print a shell completion script: subcommands, options, archive files, image "
                                    "labels, layer names and paths inside the image.",

@@ -6,13 +6,16 @@ import argparse
 import fnmatch
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 
 from .. import extract as extracting
 from ..archive import Archive, Image, Layer, open_archive
 from ..errors import FormatError, ImgfsError, NotFoundError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK
+from ..tarindex.store import Store
 from ..tree import Entry, Tree
+from ..verify import verify_image
 from . import changes
 from .completion import script as completion_script
 from .output import Ui, clip, created, field, human, mode_string, short_digest, show_path, timestamp
@@ -28,7 +31,13 @@ def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
         os.stat(args.archive)
     except OSError as e:  # say it once and plainly, before the engine tries to parse anything
         raise FormatError(f"{args.archive}: {e.strerror}") from None
-    return open_archive(args.archive, warn=ui.warn, progress=ui.progress)
+    return open_archive(args.archive, warn=ui.warn, progress=ui.progress, cache_dir=cache_dir(args),
+                        use_cache=not args.no_cache)
+
+
+def cache_dir(args: argparse.Namespace) -> str | None:
+    """--cache-dir, else $IMGFS_CACHE_DIR, else None (the engine's default)."""
+    return args.cache_dir or os.environ.get("IMGFS_CACHE_DIR") or None
 
 
 def image_for(a: Archive, args: argparse.Namespace) -> Image:
@@ -285,6 +294,57 @@ def mount(args: argparse.Namespace, ui: Ui) -> int:
     _fuse().mount(args.archive, args.mountpoint, image=args.image, platform=args.platform,
                   foreground=args.foreground or args.debug, options=",".join(args.options) if args.options else None,
                   allow_other=args.allow_other, debug=args.debug, warn=ui.warn)
+    return 0
+
+
+# -- verify, cache -------------------------------------------------------------------------------
+def verify(args: argparse.Namespace, ui: Ui) -> int:
+    """imgfs verify: hash every blob of the chosen image(s) and compare with the recorded digests."""
+    with open_for(args, ui) as a:
+        chosen = [image_for(a, args)] if args.image or args.platform else a.images
+        report, failed, total = [], 0, 0
+        for img in chosen:
+            checks = verify_image(img, ui.progress)
+            total += len(checks)
+            failed += sum(not c.ok for c in checks)
+            report.append((img, checks))
+            if not args.json:
+                name = img.label + (f" [{img.platform}]" if img.platform and len(chosen) > 1 else "")
+                ui.table(["IMAGE", "RESULT", "WHAT", "EXPECTED", "FOUND"], [
+                    [name, "OK" if c.ok else "FAILED", c.what, c.expected or "-", c.error or c.actual or "-"]
+                    for c in checks])
+        if args.json:
+            ui.json({"archive": args.archive, "ok": failed == 0, "images": [
+                {"label": img.label, "platform": img.platform, "ok": all(c.ok for c in checks),
+                 "checks": [c.__dict__ for c in checks]} for img, checks in report]})
+    if failed:
+        ui.error(f"{args.archive}: {failed} of {total} checks failed")
+        return 1
+    ui.info(f"{args.archive}: all {total} checks passed")
+    return 0
+
+
+def cache(args: argparse.Namespace, ui: Ui) -> int:
+    """imgfs cache: what the index cache holds, or clear it."""
+    store = Store(cache_dir(args))
+    if args.clear:
+        freed = store.clear()
+        ui.info(f"cache {store.root}: {human(freed)} freed")
+        return 0
+    kinds: dict[Path, list[int]] = {}  # v1/idx, v1/gz, v1/zst -> [files, bytes]
+    for path, size, _ in store.files():
+        k = kinds.setdefault(path.parent, [0, 0])
+        k[0] += 1
+        k[1] += size
+    total = [sum(v[0] for v in kinds.values()), sum(v[1] for v in kinds.values())]
+    if args.json:
+        ui.json({"path": str(store.root), "files": total[0], "bytes": total[1],
+                 "kinds": {d.name: {"path": str(d), "files": v[0], "bytes": v[1]} for d, v in sorted(kinds.items())}})
+        return 0
+    size = human if ui.tty else str
+    rows = [[str(d), str(v[0]), size(v[1])] for d, v in sorted(kinds.items())]
+    rows.append([str(store.root), str(total[0]), size(total[1])])
+    ui.table(["PATH", "FILES", "BYTES"], rows)
     return 0
 
 

@@ -47,6 +47,7 @@ _imgfs() {
             continue
         fi
         if [[ -z $cmd ]]; then
+            case " @GLOBAL_VALUED@ " in *" $w "*) skip=1 keep=0; continue ;; esac
             [[ $w != -* ]] && cmd=$w
             continue
         fi
@@ -62,7 +63,12 @@ _imgfs() {
     done
     local word=${cur//\\/}
     word=${word#[\'\"]}
+    if [[ $prev == --cache-dir ]]; then
+        COMPREPLY=($(compgen -d -- "$cur"))
+        return 0
+    fi
     if [[ -z $cmd ]]; then
+        case " @GLOBAL_VALUED@ " in *" $prev "*) return 0 ;; esac
         if [[ $cur == -* ]]; then
             _imgfs_add "$word" <<< "$(printf '%s\n' @GLOBAL_OPTS@)"
         else
@@ -98,6 +104,7 @@ _imgfs() {
     case $cmd in
         completion) _imgfs_add "$word" <<< "$(printf '%s\n' @SHELLS@)" ;;
         umount) COMPREPLY=($(compgen -d -- "$cur")) ;;
+        cache) ;;
         *)
             if ((npos == 0)); then
                 COMPREPLY=($(compgen -f -- "$cur"))
@@ -162,6 +169,7 @@ def script(shell: str, parser: argparse.ArgumentParser) -> str:
     find = subs["find"]
     types = next(a.choices for a in find._actions if "--type" in a.option_strings)
     text = (BASH.replace("@GLOBAL_OPTS@", " ".join(_options(parser)[0]))
+            .replace("@GLOBAL_VALUED@", " ".join(_options(parser)[1]))
             .replace("@COMMANDS@", " ".join(subs))
             .replace("@TYPES@", " ".join(types or ()))
             .replace("@SHELLS@", " ".join(SHELLS))

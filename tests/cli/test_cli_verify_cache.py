@@ -1,0 +1,85 @@
+"""`imgfs verify` (digests of config, manifest, blobs, diff_ids) and `imgfs cache` / --cache-dir / --no-cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cli.clihelp import assert_one_line_error, run
+from conftest import IMAGES
+from imgfs.cli import main
+
+
+@pytest.mark.parametrize("name", ["seed.docker-oci.tar", "seed.skopeo-oci-zstd.tar", "seed.docker-legacy.tar.gz"])
+def test_verify_passes_on_good_archives(capsysbinary, name):
+    res = run(capsysbinary, "verify", IMAGES / name)
+    assert res.rc == 0, res.err
+    rows = [line.split("\t") for line in res.lines]
+    assert {r[1] for r in rows} == {"OK"}
+    assert sum(r[2].endswith("diff_id") for r in rows) == 4
+    assert all(r[3] == r[4] for r in rows)
+    assert res.err == f"imgfs: {IMAGES / name}: all {len(rows)} checks passed\n"
+
+
+def test_verify_every_image_or_one(capsysbinary):
+    doc = run(capsysbinary, "verify", IMAGES / "seed.oci-index.tar", "--json").json()
+    assert doc["ok"] is True
+    assert [(i["platform"], i["ok"]) for i in doc["images"]] == [("linux/amd64", True), ("linux/arm64/v8", True)]
+    doc = run(capsysbinary, "verify", IMAGES / "multi.docker-oci.tar", "--image", "whiteout", "--json").json()
+    (img,) = doc["images"]
+    assert img["label"] == "whiteout:latest" and len([c for c in img["checks"] if "diff_id" in c["what"]]) == 6
+
+
+def test_verify_finds_a_flipped_byte(capsysbinary, tmp_path):
+    bad = tmp_path / "seed.tar"
+    shutil.copyfile(IMAGES / "seed.docker-oci.tar", bad)
+    # /app/README.txt lives in layer 3: change one byte of its content in place
+    data = bad.read_bytes()
+    readme = run(capsysbinary, "cat", IMAGES / "seed.docker-oci.tar", "/app/README.txt").out
+    at = data.index(readme)
+    with open(bad, "r+b") as fh:
+        fh.seek(at)
+        fh.write(bytes([data[at] ^ 0x20]))
+    res = run(capsysbinary, "verify", bad)
+    assert res.rc == 1
+    failed = [line.split("\t")[2] for line in res.lines if line.split("\t")[1] == "FAILED"]
+    assert failed == ["layer 3 diff_id"]
+    assert res.err.splitlines()[-1] == f"imgfs: {bad}: 1 of 6 checks failed"
+
+
+def test_cache_dir_no_cache_and_clear(capsysbinary, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    seed = IMAGES / "seed.docker-oci.tar"
+    capsysbinary.readouterr()
+    assert main(["layers", str(seed), "--no-cache", "--cache-dir", str(cache)]) == 0
+    assert not cache.exists()
+    assert main(["--cache-dir", str(cache), "layers", str(seed)]) == 0
+    capsysbinary.readouterr()
+    assert main(["cache", "--cache-dir", str(cache), "--json"]) == 0
+    doc = json.loads(capsysbinary.readouterr().out)
+    assert doc["path"] == str(cache) and doc["files"] > 0
+    assert doc["kinds"]["idx"]["files"] == 4 and doc["bytes"] == sum(k["bytes"] for k in doc["kinds"].values())
+    monkeypatch.setenv("IMGFS_CACHE_DIR", str(cache))
+    assert main(["cache"]) == 0
+    lines = capsysbinary.readouterr().out.decode().splitlines()
+    assert lines[-1] == f"{cache}\t{doc['files']}\t{doc['bytes']}"
+    assert main(["cache", "--clear"]) == 0
+    assert b"freed" in capsysbinary.readouterr().err
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_unwritable_cache_only_warns(capsysbinary, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    seed = IMAGES / "seed.docker-oci.tar"
+    res = run(capsysbinary, "--cache-dir", blocker / "sub", "cat", seed, "/app/trace.log")
+    assert res.rc == 0 and res.out == b"trace\n"
+    assert "warning: cache" in res.err and len(res.err.splitlines()) == 1
+
+
+def test_verify_bad_archive_is_one_line(capsysbinary, tmp_path):
+    bad = tmp_path / "x.tar"
+    bad.write_bytes(b"\0" * 10)
+    assert_one_line_error(run(capsysbinary, "verify", bad), str(bad))
