@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated FUSE mount options (may be repeated)")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (implies --foreground)")
+    p.add_argument("--log-file", metavar="FILE", help="where a background mount writes its log")
     add("verify", "check the image's config, manifest and layers against their digests (hashes every blob)",
         [base, as_json], commands.verify,
         "Without --image/--platform every image of the archive is checked. Lines: IMAGE<TAB>OK|FAILED<TAB>\n"
