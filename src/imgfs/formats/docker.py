@@ -43,20 +43,24 @@ def parse_manifest_json(reader: MemberReader) -> list[ImageDesc]:
                 raise FormatError(f"manifest.json entry {n}: layer {i} is not a path")
             diff_id = diff_ids[i] if i < len(diff_ids) else None
             src = sources.get(diff_id) if isinstance(sources, dict) and diff_id else None
+            if not isinstance(src, dict):
+                src = None
             member = _clean(layer)
             digest = None
             if member.startswith("blobs/"):
                 parts = member.split("/")
                 if len(parts) == 3:
                     digest = f"{parts[1]}:{parts[2]}"
+            src = src or {}
             descs.append(LayerDesc(
                 member=member,
-                digest=(src or {}).get("digest") or digest,
+                digest=src.get("digest") if isinstance(src.get("digest"), str) else digest,
                 diff_id=diff_id,
-                media_type=(src or {}).get("mediaType"),
-                size=(src or {}).get("size"),
+                media_type=src.get("mediaType") if isinstance(src.get("mediaType"), str) else None,
+                size=src.get("size") if isinstance(src.get("size"), int) else None,
             ))
-        tags = [t for t in entry.get("RepoTags") or [] if isinstance(t, str)]
+        raw_tags = entry.get("RepoTags")
+        tags = [t for t in raw_tags if isinstance(t, str)] if isinstance(raw_tags, list) else []
         img = ImageDesc(
             refs=tags,
             config_member=cfg_member,

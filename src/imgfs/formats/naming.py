@@ -11,6 +11,7 @@ SLASH = "\u2215"  # DIVISION SLASH: looks like '/', but is allowed in a file nam
 _NOP = re.compile(r"^/bin/sh -c #\(nop\)\s+")
 _SHELL = re.compile(r"^/bin/(?:ba)?sh -c ")
 _ARGS = re.compile(r"^\|(\d+)((?: \S+=\S*)*) ")  # '|2 A=1 B=2 ' build-arg prefix of RUN steps
+_ARGS_SHELL = re.compile(r"^\|\d+ .*? (?=/bin/(?:ba)?sh -c )")  # the same, values with spaces (unquoted)
 _HASH = re.compile(r"\b(file|dir|multi):([0-9a-f]{8})[0-9a-f]{56}\b")
 _SPACE = re.compile(r"\s+")
 
@@ -23,7 +24,7 @@ def readable(created_by: str) -> str:
     run = False
     if s.startswith("RUN "):
         s, run = s[4:], True
-    m = _ARGS.match(s)
+    m = _ARGS_SHELL.match(s) or _ARGS.match(s)
     if m:
         s, run = s[m.end():], True
     if _NOP.match(s):
@@ -44,6 +45,7 @@ def _fit(text: str, budget: int) -> str:
 
 def safe_name(prefix: str, text: str) -> str:
     """'<prefix> <text>' as a valid file name: no '/', no NUL, at most 255 bytes."""
+    text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from JSON cannot be names
     text = text.replace("/", SLASH).replace("\0", "")
     text = _SPACE.sub(" ", text).strip()
     if text in ("", ".", ".."):

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import weakref
 from collections.abc import Callable
 
 from ..errors import FormatError, TruncatedError
-from .source import FileSource, Source, SpoolSource, decompress_to, sniff_compression
+from .source import FileSource, SliceSource, Source, SpoolSource, decompress_to, sniff_compression
 from .store import Store
 
 
@@ -66,6 +70,9 @@ class GzipSource:
 
     The first full pass records a seek point every few MiB; the points are saved in the store, so a later
     open reads a file deep inside the stream by decompressing one span, not the stream from its start.
+    That first pass runs in a child process (see gzpass.py). Streams rapidgzip refuses (zero padding after
+    the last member, damage) and streams that are not a window of a file fall back to a one-time zlib
+    decompression into a private temporary file, which tolerates padding and names the damage.
     rapidgzip's threads do not survive fork(): a process that forks must open its archives after the fork.
     """
 
@@ -80,70 +87,118 @@ class GzipSource:
         self._lock = threading.Lock()
         self._file = None
         self._size: int | None = None
-        self.imported = False
+        self._fallback: Source | None = None
         _OPEN.add(self)
 
-    def _open(self):  # -> rapidgzip.RapidgzipFile
-        if self._file is None:
+    def _file_window(self) -> tuple[str, int, int] | None:
+        s: Source = self.src
+        base = 0
+        while isinstance(s, SliceSource):
+            base += s.base
+            s = s.parent
+        return (s.path, base, self.src.size) if isinstance(s, FileSource) else None
+
+    def _rapidgzip(self, points: bytes):  # -> rapidgzip.RapidgzipFile with the seek points loaded
+        try:
+            import rapidgzip
+        except ImportError:  # pragma: no cover - a declared dependency
+            raise FormatError("gzip data needs the 'rapidgzip' package") from None
+        f = rapidgzip.RapidgzipFile(_SourceFile(self.src), parallelization=os.cpu_count() or 1)
+        try:
+            f.import_index(io.BytesIO(points))
+        except Exception:
+            f.close()
+            raise
+        return f
+
+    def _prepare(self) -> None:
+        """Load or make the seek points (caller holds the lock)."""
+        if self._size is not None or self._fallback is not None:
+            return
+        meta = self.store.read("gz", self.key, ".gzi") if self.store and self.key else None
+        if meta is not None and meta[:8].isdigit():
             try:
-                import rapidgzip
-            except ImportError:  # pragma: no cover - a declared dependency
-                raise FormatError("gzip data needs the 'rapidgzip' package") from None
-            self._file = rapidgzip.RapidgzipFile(_SourceFile(self.src, self.progress),
-                                                 parallelization=os.cpu_count() or 1)
-            if self.store is not None and self.key is not None:
-                data = self.store.read("gz", self.key, ".gzi")
-                if data is not None:
-                    try:
-                        self._file.import_index(io.BytesIO(data))
-                        self.imported = True
-                    except Exception:  # noqa: BLE001 - any failure means: rebuild the points
-                        self.store.warn_once(f"cache: seek points for {self.key} unreadable; rebuilding them")
-                        self._file = rapidgzip.RapidgzipFile(_SourceFile(self.src),
-                                                             parallelization=os.cpu_count() or 1)
-        return self._file
+                self._file = self._rapidgzip(meta[16:])
+                self._size = int(meta[:16])
+                return
+            except Exception:  # noqa: BLE001 - any failure means: make the points again
+                self.store.warn_once(f"cache: seek points for {self.key} unreadable; rebuilding them")  # type: ignore
+        window = self._file_window()
+        made = self._first_pass(window) if window is not None else None
+        if made is None:
+            self._fallback = SpoolSource(self.src, "gzip")
+            return
+        size, points = made
+        self._file = self._rapidgzip(points)
+        self._size = size
+        if self.store is not None and self.key is not None:
+            self.store.write("gz", self.key, ".gzi", b"%016d" % size + points)
+
+    def _first_pass(self, window: tuple[str, int, int]) -> tuple[int, bytes] | None:
+        """Run gzpass in a child; (size, seek points), or None when the stream needs the slow path."""
+        path, base, length = window
+        fd, out = tempfile.mkstemp(prefix="imgfs-gzi-")
+        os.close(fd)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "imgfs.tarindex.gzpass", path, str(base), str(length), out],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+            size = None
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tag, _, rest = line.partition(" ")
+                if tag == "P" and self.progress is not None:
+                    done, total = rest.split()
+                    self.progress(int(done), int(total))
+                elif tag == "S":
+                    size = int(rest)
+            if proc.wait() != 0 or size is None:
+                return None
+            with open(out, "rb") as fh:
+                return size, fh.read()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(out)
 
     @property
     def size(self) -> int:  # type: ignore[override]
-        """The uncompressed size (the first call reads the whole stream and records seek points)."""
-        if self._size is None:
-            with self._lock:
-                if self._size is None:
-                    f = self._open()
-                    try:
-                        f.seek(0, 2)
-                        self._size = f.tell()
-                    except Exception as e:  # noqa: BLE001 - rapidgzip raises plain exceptions on bad data
-                        raise FormatError(f"corrupt or truncated gzip data: {e}") from None
-                    self._save_points()
-        return self._size
-
-    def _save_points(self) -> None:
-        if self.imported or self.store is None or self.key is None or self._file is None:
-            return
-        f = self._file
-        self.store.write_with("gz", self.key, ".gzi", lambda fh: f.export_index(fh))
-        self.imported = True
+        """The uncompressed size (the first call reads the whole stream once)."""
+        with self._lock:
+            self._prepare()
+            if self._fallback is None:
+                return self._size  # type: ignore[return-value]
+            fallback = self._fallback
+        return fallback.size
 
     def pread(self, offset: int, length: int) -> bytes:
         """Read `length` uncompressed bytes at `offset`."""
         with self._lock:
-            f = self._open()
-            try:
-                f.seek(offset)
-                data = f.read(length)
-            except Exception as e:  # noqa: BLE001
-                raise FormatError(f"corrupt or truncated gzip data: {e}") from None
+            self._prepare()
+            fallback = self._fallback
+            if fallback is None:
+                # rapidgzip must never meet a stream that shrank under it (it may abort): look first.
+                self.src.pread(self.src.size - 1, 1)
+                f = self._file
+                try:
+                    f.seek(offset)
+                    data = f.read(length)
+                except Exception as e:  # noqa: BLE001
+                    raise FormatError(f"corrupt or truncated gzip data: {e}") from None
+        if fallback is not None:
+            return fallback.pread(offset, length)
         if len(data) != length:
             raise TruncatedError(f"gzip stream ends before offset {offset + length}")
         return data
 
     def close(self) -> None:
-        """Release the decompressor."""
+        """Release the decompressor (or the temporary copy)."""
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            close = getattr(self._fallback, "close", None)
+            if close is not None:
+                close()
 
     def __del__(self) -> None:
         if self._file is not None:

@@ -264,7 +264,9 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
     except FormatError as e:
         idx.error = str(e)
         if not names and off == 0:
-            raise
+            if str(e).startswith("not a tar archive"):
+                raise
+            raise FormatError(f"not a tar archive ({e})") from None
     finally:
         for k, arr in enumerate((idx.modes, idx.uids, idx.gids, idx.sizes, idx.mtimes, idx.offsets)):
             arr.extend(flat[k::6])
@@ -310,10 +312,11 @@ def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None,
         if b"gid" in p:
             gid_v = _clamp(int(p[b"gid"]))
         if b"mtime" in p:
-            whole, _, part = p[b"mtime"].partition(b".")
+            value = p[b"mtime"].strip()
+            whole, _, part = value.partition(b".")
             mtime_v = int(whole)
             frac = float(b"0." + part) if part.isdigit() else 0.0
-            if mtime_v < 0 and frac:
+            if value.startswith(b"-") and frac:  # -1.25 is -2 + 0.75: keep the fraction positive
                 mtime_v, frac = mtime_v - 1, 1.0 - frac
     except ValueError:
         raise FormatError(f"bad number in the PAX header of the member at offset {off}") from None

@@ -6,7 +6,8 @@ import os
 import tempfile
 import threading
 import zlib
-from typing import BinaryIO, Protocol
+from collections.abc import Callable
+from typing import Any, BinaryIO, Protocol
 
 from ..errors import FormatError, TruncatedError
 
@@ -115,53 +116,47 @@ def decompress_to(src: Source, kind: str, out: BinaryIO, limit: int | None = Non
     total = 0
     reader = _SourceReader(src)
     if kind == "gzip":
-        d = zlib.decompressobj(31)
-        started = False  # bytes of the current member have been fed
-        while True:
-            chunk = reader.read(_CHUNK)
-            if not chunk:
-                break
-            while chunk:
-                try:
-                    data = d.decompress(chunk)
-                except zlib.error as e:
-                    raise FormatError(f"corrupt gzip data: {e}") from None
-                started = True
-                total += len(data)
-                out.write(data)
-                if limit is not None and total > limit:
-                    raise FormatError(f"decompressed data exceeds the limit of {limit} bytes")
-                chunk = b""
-                if d.eof:
-                    # pigz and `cat a.gz b.gz` give several members: go on with the next one.
-                    chunk = d.unused_data
-                    d = zlib.decompressobj(31)
-                    started = False
-                    if not chunk.strip(b"\x00"):
-                        chunk = b""
-        if started and not d.eof:
-            raise TruncatedError("gzip stream ends early (truncated)")
-        return total
-    if kind == "zstd":
+        new: Callable[[], Any] = lambda: zlib.decompressobj(31)  # noqa: E731
+        error: type[Exception] = zlib.error
+    elif kind == "zstd":
         try:
             import zstandard
         except ImportError:  # pragma: no cover - a declared dependency
             raise FormatError("zstd data needs the 'zstandard' package") from None
         dctx = zstandard.ZstdDecompressor()
-        try:
-            with dctx.stream_reader(reader, read_across_frames=True) as zr:
-                while True:
-                    data = zr.read(_CHUNK)
-                    if not data:
-                        break
-                    out.write(data)
-                    total += len(data)
-                    if limit is not None and total > limit:
-                        raise FormatError(f"decompressed data exceeds the limit of {limit} bytes")
-        except zstandard.ZstdError as e:
-            raise FormatError(f"corrupt zstd data: {e}") from None
-        return total
-    raise FormatError(f"unknown compression {kind!r}")
+        new, error = dctx.decompressobj, zstandard.ZstdError
+    else:
+        raise FormatError(f"unknown compression {kind!r}")
+    d = new()
+    started = False  # bytes of the current gzip member / zstd frame have been fed
+    while True:
+        chunk = reader.read(_CHUNK)
+        if not chunk:
+            break
+        while chunk:
+            if not started:
+                # Between members: zero padding (block devices, some tools) is skipped, as gzip(1) does.
+                chunk = chunk.lstrip(b"\x00")
+                if not chunk:
+                    break
+            try:
+                data = d.decompress(chunk)
+            except error as e:
+                raise FormatError(f"corrupt {kind} data: {e}") from None
+            started = True
+            total += len(data)
+            out.write(data)
+            if limit is not None and total > limit:
+                raise FormatError(f"decompressed data exceeds the limit of {limit} bytes")
+            chunk = b""
+            if d.eof:
+                # pigz and `cat a.gz b.gz` give several members, zstd several frames: go on with the next.
+                chunk = d.unused_data
+                d = new()
+                started = False
+    if started:
+        raise TruncatedError(f"{kind} stream ends early (truncated)")
+    return total
 
 
 class SpoolSource:

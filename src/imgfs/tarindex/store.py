@@ -85,11 +85,14 @@ def load_index(data: bytes) -> tuple[MemberIndex, int]:
     return idx, int(meta["size"])
 
 
-def looks_right(idx: MemberIndex, src: Source, stream_size: int) -> bool:
-    """Cheap check that a cached index fits this stream: same size, and real headers where it says."""
+def looks_right(idx: MemberIndex, src: Source, stream_size: int, spot_check: bool = True) -> bool:
+    """Cheap check that a cached index fits this stream: same size, and real headers where it says.
+
+    The spot check reads two headers; callers skip it where a read means decompressing (gzip).
+    """
     if stream_size != src.size:
         return False
-    for i in {0, len(idx) - 1} if len(idx) else ():
+    for i in {0, len(idx) - 1} if len(idx) and spot_check else ():
         at = idx.offsets[i] - BLOCK
         if at < 0:
             return False

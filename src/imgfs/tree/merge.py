@@ -124,22 +124,23 @@ class _Builder:
                 if WH not in name:
                     continue
                 d, _, b = name.rpartition(b"/")
+                if WH in d and any(c.startswith(WH) for c in d.split(b"/")):
+                    markers.add(i)  # inside a marker (AUFS keeps .wh..wh.plnk/<files>): never shown
+                    continue
                 if not b.startswith(WH):
                     continue
                 markers.add(i)
                 if b == OPAQUE:
-                    real = self.dir_path(d, create=False)
-                    if real is not None:
-                        self.clear_dir(real)
+                    self.opaque(d)
                 elif b.startswith(AUFS_META):
                     continue  # AUFS bookkeeping (.wh..wh.plnk ...): never shown, no effect
-                elif b == WH:
+                elif b in (WH, b".wh..", b".wh..."):
                     self.warnings.append(f"layer {li + 1}: invalid whiteout {name!r} ignored")
                 else:
                     real = self.dir_path(d, create=False)
                     if real is not None:
                         self.remove(real + b"/" + b[4:] if real else b[4:])
-        deferred: list[int] = []
+        deferred: dict[bytes, int] = {}  # hard links whose target comes later in the tar, by path
         nodes, kids = self.nodes, self.kids
         for i in range(len(names)):
             if i in markers:
@@ -147,6 +148,8 @@ class _Builder:
             name = names[i]
             k = kinds[i]
             ref = base | i
+            if deferred and name in deferred:
+                del deferred[name]  # a later entry at the same path wins over the pending link (rule 16)
             if name == b"":
                 if k == DIR:
                     nodes[b""] = ref
@@ -169,16 +172,29 @@ class _Builder:
             path = parent + b"/" + b if parent else b
             if k == HARDLINK:
                 if not self.link(path, ref, idx.links.get(i, b"")):
-                    deferred.append(i)
+                    deferred[name] = i
                 continue
             self.put(path, ref)
-        for i in deferred:
-            d, _, b = names[i].rpartition(b"/")
+        for name, i in deferred.items():
+            d, _, b = name.rpartition(b"/")
             parent = self.dir_path(d, create=True) if d else b""
             path = parent + b"/" + b if parent else b
             if not self.link(path, base | i, idx.links.get(i, b"")):
                 self.warnings.append(
-                    f"layer {li + 1}: hard link {names[i]!r} -> {idx.links.get(i)!r}: target not found, left out")
+                    f"layer {li + 1}: hard link {name!r} -> {idx.links.get(i)!r}: target not found, left out")
+
+    def opaque(self, d: bytes) -> None:
+        """Hide everything lower layers put in directory `d`; a symlink at `d` is not followed (rule 13)."""
+        pd, _, pb = d.rpartition(b"/")
+        if not d:
+            self.clear_dir(b"")
+            return
+        parent = self.dir_path(pd, create=False) if pd else b""
+        if parent is None:
+            return
+        real = parent + b"/" + pb if parent else pb
+        if real in self.kids:
+            self.clear_dir(real)
 
     def link(self, path: bytes, ref: int, target: bytes) -> bool:
         """Point `path` at the content of `target` as it is now (rule 21); False if not there."""
