@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import ImgfsError
-from . import commands
+from . import browse, commands
 from .output import Ui
 
 OUTPUT_NOTES = """\
@@ -89,21 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
             "totals (files and bytes written, bytes wasted, counts) head each layer on a terminal, are in\n"
             "--json, and are columns of `imgfs layers`.")
     p = add("ls", "list a directory of the merged root filesystem, or of one layer", [base, layer, as_json],
-            commands.ls, "With -l columns: mode, uid, gid, size (major,minor for devices), mtime (UTC), "
+            browse.ls, "With -l columns: mode, uid, gid, size (major,minor for devices), mtime (UTC), "
                          "name (-> target for symlinks).")
     p.add_argument("path", metavar="PATH", nargs="?", default="/", help="directory or file (default /)")
     p.add_argument("-l", dest="long", action="store_true", help="long listing: mode, owner, size, mtime")
-    p = add("find", "find paths in every layer and in the merged view", [base, layer, as_json], commands.find,
+    p = add("find", "find paths in every layer and in the merged view", [base, layer, as_json], browse.find,
             "Prints LAYER<TAB>PATH for each hit: every layer bottom to top, then the merged view (labelled\n"
             "'merged'). With --json: JSON Lines, one object per hit. Globs are case-sensitive, as in find(1).")
     p.add_argument("--name", metavar="GLOB", help="match the last path component (e.g. 'trace.log', '*.so')")
     p.add_argument("--path", metavar="GLOB", help="match the whole path, starting with '/'")
     p.add_argument("--type", choices=["f", "d", "l", "c", "b", "p"], help="file, dir, symlink, char, block, fifo")
     p = add("cat", "write a file's bytes to stdout (symlinks followed inside the image)", [base, layer],
-            commands.cat)
+            browse.cat)
     p.add_argument("path", metavar="PATH", help="file in the image")
     p = add("extract", "copy files or directories out of the image into a directory", [base, layer],
-            commands.extract,
+            browse.extract,
             "Each PATH keeps its place below DIR (/etc/passwd -> DIR/etc/passwd). Modes, mtimes, symlinks\n"
             "(targets as stored) and hard links are kept; owners and device nodes only when run as root.\n"
             "Nothing outside DIR is ever created or followed: symlinks in DIR are never written through.")

@@ -1,84 +1,22 @@
-"""The subcommands: each opens the archive, picks an image and a tree, and prints through Ui."""
+"""The subcommands about archives, images and layers: images, layers, diff, verify, cache, mount, completion."""
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from .. import extract as extracting
-from ..archive import Archive, Image, Layer, open_archive
-from ..errors import FormatError, ImgfsError, NotFoundError
-from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK
+from ..archive import Layer
+from ..errors import ImgfsError
 from ..tarindex.store import Store
-from ..tree import Entry, Tree
 from ..verify import verify_image
 from . import changes
+from .common import cache_dir, image_for, open_for
 from .completion import script as completion_script
-from .output import Ui, clip, created, field, human, mode_string, short_digest, show_path, timestamp
+from .output import Ui, clip, created, field, human, short_digest, show_path
 
 Command = Callable[[argparse.Namespace, Ui], "int | None"]
-TYPE_CODES = {"f": FILE, "d": DIR, "l": SYMLINK, "c": CHAR, "b": BLOCKDEV, "p": FIFO}
-
-
-# -- shared steps -------------------------------------------------------------------------------
-def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
-    """Open the archive named on the command line, with warnings and progress going to the Ui."""
-    try:
-        os.stat(args.archive)
-    except OSError as e:  # say it once and plainly, before the engine tries to parse anything
-        raise FormatError(f"{args.archive}: {e.strerror}") from None
-    return open_archive(args.archive, warn=ui.warn, progress=ui.progress, cache_dir=cache_dir(args),
-                        use_cache=not args.no_cache)
-
-
-def cache_dir(args: argparse.Namespace) -> str | None:
-    """--cache-dir, else $IMGFS_CACHE_DIR, else None (the engine's default)."""
-    return args.cache_dir or os.environ.get("IMGFS_CACHE_DIR") or None
-
-
-def image_for(a: Archive, args: argparse.Namespace) -> Image:
-    """The one image chosen by --image/--platform."""
-    return a.image(getattr(args, "image", None), getattr(args, "platform", None))
-
-
-def tree_for(img: Image, sel: str | None) -> tuple[Tree, Layer | None]:
-    """The merged tree, or the tree of the layer that --layer names."""
-    if not sel:
-        return img.merged(), None
-    layer = img.find_layer(sel)
-    return img.layer_tree(layer.position), layer
-
-
-def where(layer: Layer | None) -> str:
-    """How error messages name the tree that was searched."""
-    return f"layer {layer.name!r}" if layer else "the merged view"
-
-
-def locate(tree: Tree, path: str, layer: Layer | None, follow_last: bool = True) -> bytes:
-    """The tree key a user path leads to, following symlinks inside the image root."""
-    key = tree.resolve(path, follow_last=follow_last)
-    if key is None and follow_last and tree.resolve(path, follow_last=False) is not None:
-        raise NotFoundError(f"{path}: dangling or looping symlink in {where(layer)}")
-    if key is None:
-        raise NotFoundError(f"{path}: no such file or directory in {where(layer)}")
-    return key
-
-
-def entry_doc(e: Entry, name: str | None = None) -> dict:
-    """An Entry as a JSON object."""
-    doc = {"path": show_path(e.path), "type": e.kind, "mode": f"{e.mode:04o}", "uid": e.uid, "gid": e.gid,
-           "size": e.size, "mtime": e.mtime, "nlink": e.nlink, "ino": e.ino}
-    if name is not None:
-        doc = {"name": name} | doc
-    if e.linkname is not None:
-        doc["linkname"] = e.linkname.decode("utf-8", "backslashreplace")
-    if e.device is not None and e.kind in ("char", "block"):
-        doc["device"] = list(e.device)
-    return doc
 
 
 # -- images, layers ------------------------------------------------------------------------------
@@ -170,111 +108,6 @@ def diff(args: argparse.Namespace, ui: Ui) -> int:
                 else:
                     ui.line(f"{label}\t{c.code}\t{kind}\t{size}\t{show_path(c.path)}")
     return 0
-
-
-# -- ls, find, cat -------------------------------------------------------------------------------
-def _ls_row(e: Entry, name: str) -> list[str]:
-    size = f"{e.device[0]},{e.device[1]}" if e.device and e.kind in ("char", "block") else str(e.size)
-    shown = name + (" -> " + e.linkname.decode("utf-8", "backslashreplace") if e.linkname is not None else "")
-    return [mode_string(e.st_mode), str(e.uid), str(e.gid), size, timestamp(e.mtime), shown]
-
-
-def ls(args: argparse.Namespace, ui: Ui) -> int:
-    """imgfs ls: a directory (or one entry) of the merged view or of a layer."""
-    with open_for(args, ui) as a:
-        img = image_for(a, args)
-        tree, layer = tree_for(img, args.layer)
-        key = locate(tree, args.path, layer)
-        if tree.kind_code(tree.nodes[key]) == DIR:
-            cut = len(key) + 1 if key else 0
-            listing = [(k[cut:].decode("utf-8", "backslashreplace"), tree.entry_for(k, tree.nodes[k]))
-                       for k in tree.child_paths(key)]
-        else:  # a file is listed as itself, under the name given (ls shows a symlink, not its target)
-            key = locate(tree, args.path, layer, follow_last=False)
-            listing = [(args.path, tree.entry_for(key, tree.nodes[key]))]
-        if args.json:
-            ui.json({"path": show_path(key), "layer": layer.name if layer else None,
-                     "entries": [entry_doc(e, name) for name, e in listing]})
-        elif args.long:
-            ui.table(["MODE", "UID", "GID", "SIZE", "MTIME", "NAME"], [_ls_row(e, n) for n, e in listing])
-        else:
-            for name, _ in listing:
-                ui.line(field(name))
-    return 0
-
-
-def _find_trees(img: Image, sel: str | None, ui: Ui) -> Iterator[tuple[str, Layer | None, Tree]]:
-    """(label, layer, tree) for --layer alone, else every layer bottom to top and then merged."""
-    if sel:
-        tree, layer = tree_for(img, sel)
-        yield layer.name if layer else "merged", layer, tree
-        return
-    merged = img.merged()
-    for la in img.layers:
-        try:
-            yield la.name, la, img.layer_tree(la.position)
-        except ImgfsError as e:  # one unreadable layer must not hide the hits of the others
-            ui.warn(f"layer {la.number} skipped: {e}")
-    yield "merged", None, merged
-
-
-def find(args: argparse.Namespace, ui: Ui) -> int:
-    """imgfs find: matching paths in each layer and in the merged view, as LAYER<TAB>PATH."""
-    name_pat = args.name.encode("utf-8", "surrogateescape") if args.name else None
-    path_pat = args.path.encode("utf-8", "surrogateescape") if args.path else None
-    want = TYPE_CODES[args.type] if args.type else None
-    with open_for(args, ui) as a:
-        img = image_for(a, args)
-        for label, layer, tree in _find_trees(img, args.layer, ui):
-            shown_label = field(label)
-            for key, ref in tree.walk():
-                if not key:
-                    continue
-                if name_pat is not None and not fnmatch.fnmatchcase(key.rpartition(b"/")[2], name_pat):
-                    continue
-                if path_pat is not None and not fnmatch.fnmatchcase(b"/" + key, path_pat):
-                    continue
-                if want is not None and tree.kind_code(ref) != want:
-                    continue
-                if args.json:
-                    ui.json_line({"layer": label, "number": layer.number if layer else None}
-                                 | entry_doc(tree.entry_for(key, ref)))
-                else:
-                    ui.line(f"{shown_label}\t{show_path(key)}")
-    return 0
-
-
-def cat(args: argparse.Namespace, ui: Ui) -> int:
-    """imgfs cat: a regular file's bytes on stdout."""
-    with open_for(args, ui) as a:
-        img = image_for(a, args)
-        tree, layer = tree_for(img, args.layer)
-        key = locate(tree, args.path, layer)
-        e = tree.entry_for(key, tree.nodes[key])
-        if e.kind == "dir":
-            raise ImgfsError(f"{args.path}: is a directory")
-        if e.kind != "file":
-            raise ImgfsError(f"{args.path}: not a regular file ({e.kind})")
-        ui.out.flush()
-        out = ui.out.buffer
-        for chunk in tree.read_all(e.ref):
-            out.write(chunk)
-        out.flush()
-    return 0
-
-
-# -- extract -------------------------------------------------------------------------------------
-def extract(args: argparse.Namespace, ui: Ui) -> int:
-    """imgfs extract: copy files and directories out below DIR, safely."""
-    with open_for(args, ui) as a:
-        img = image_for(a, args)
-        tree, layer = tree_for(img, args.layer)
-        keys = [locate(tree, p, layer, follow_last=p.endswith("/")) for p in args.paths]
-        stats = extracting.extract(tree, keys, args.output, preserve_owner=os.geteuid() == 0, warn=ui.warn)
-    ui.info(f"extracted {stats.summary()} to {args.output}")
-    for problem in stats.errors:
-        ui.error(problem)
-    return 1 if stats.errors else 0
 
 
 # -- mount, umount -------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Steps every subcommand shares: open the archive, choose the image and the tree, find a path."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..archive import Archive, Image, Layer, open_archive
+from ..errors import FormatError, NotFoundError
+from ..tree import Entry, Tree
+from .output import Ui, show_path
+
+
+def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
+    """Open the archive named on the command line, with warnings and progress going to the Ui."""
+    try:
+        os.stat(args.archive)
+    except OSError as e:  # say it once and plainly, before the engine tries to parse anything
+        raise FormatError(f"{args.archive}: {e.strerror}") from None
+    return open_archive(args.archive, warn=ui.warn, progress=ui.progress, cache_dir=cache_dir(args),
+                        use_cache=not args.no_cache)
+
+
+def cache_dir(args: argparse.Namespace) -> str | None:
+    """--cache-dir, else $IMGFS_CACHE_DIR, else None (the engine's default)."""
+    return args.cache_dir or os.environ.get("IMGFS_CACHE_DIR") or None
+
+
+def image_for(a: Archive, args: argparse.Namespace) -> Image:
+    """The one image chosen by --image/--platform."""
+    return a.image(getattr(args, "image", None), getattr(args, "platform", None))
+
+
+def tree_for(img: Image, sel: str | None) -> tuple[Tree, Layer | None]:
+    """The merged tree, or the tree of the layer that --layer names."""
+    if not sel:
+        return img.merged(), None
+    layer = img.find_layer(sel)
+    return img.layer_tree(layer.position), layer
+
+
+def where(layer: Layer | None) -> str:
+    """How error messages name the tree that was searched."""
+    return f"layer {layer.name!r}" if layer else "the merged view"
+
+
+def locate(tree: Tree, path: str, layer: Layer | None, follow_last: bool = True) -> bytes:
+    """The tree key a user path leads to, following symlinks inside the image root."""
+    key = tree.resolve(path, follow_last=follow_last)
+    if key is None and follow_last and tree.resolve(path, follow_last=False) is not None:
+        raise NotFoundError(f"{path}: dangling or looping symlink in {where(layer)}")
+    if key is None:
+        raise NotFoundError(f"{path}: no such file or directory in {where(layer)}")
+    return key
+
+
+def entry_doc(e: Entry, name: str | None = None) -> dict:
+    """An Entry as a JSON object."""
+    doc = {"path": show_path(e.path), "type": e.kind, "mode": f"{e.mode:04o}", "uid": e.uid, "gid": e.gid,
+           "size": e.size, "mtime": e.mtime, "nlink": e.nlink, "ino": e.ino}
+    if name is not None:
+        doc = {"name": name} | doc
+    if e.linkname is not None:
+        doc["linkname"] = e.linkname.decode("utf-8", "backslashreplace")
+    if e.device is not None and e.kind in ("char", "block"):
+        doc["device"] = list(e.device)
+    return doc
