@@ -69,6 +69,7 @@ def test_subcommands_and_options(complete):
     assert "--layer" in complete("find", SEED, "--") and "--names" in complete("layers", SEED, "--n")
     assert complete("find", SEED, "--type", "") == ["f", "d", "l", "c", "b", "p"]
     assert complete("completion", "") == ["bash", "zsh"]
+    assert complete("cache", "") == ["info", "clear"]
     assert complete("--cache-dir", "/tmp", "fi") == ["find"]  # a global option's value is not the subcommand
 
 

@@ -124,13 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         [base, as_json], commands.verify,
         "Without --image/--platform every image of the archive is checked. Lines: IMAGE<TAB>OK|FAILED<TAB>\n"
         "WHAT<TAB>EXPECTED<TAB>FOUND (or the error). Exit status 1 when any check fails.")
-    p = sub.add_parser("cache", help="show or clear the layer index cache", formatter_class=fmt,
+    p = sub.add_parser("cache", help="show (info) or empty (clear) the layer index cache", formatter_class=fmt,
                        description="Show the layer index cache: files and bytes per kind (idx: member indexes, "
-                                   "gz: gzip seek points, zst: decompressed zstd layers), or clear it.",
-                       epilog="Lines: PATH<TAB>FILES<TAB>BYTES, one per kind, then the whole cache.",
+                                   "gz: gzip seek points, zst: decompressed zstd layers), or empty it.",
+                       epilog="info prints PATH<TAB>FILES<TAB>BYTES, one line per kind, then the whole cache.",
                        parents=[_parent("common", "cache", "json")])
     p.set_defaults(func=commands.cache)
-    p.add_argument("--clear", action="store_true", help="delete every cache file")
+    p.add_argument("action", nargs="?", choices=["info", "clear"], default="info", help="info (default) or clear")
     p = sub.add_parser("completion", help="print a shell completion script",
                        description="Print a shell completion script: subcommands, options, archive files, image "
                                    "labels, layer names and paths inside the image.",

@@ -158,9 +158,9 @@ def verify(args: argparse.Namespace, ui: Ui) -> int:
 
 
 def cache(args: argparse.Namespace, ui: Ui) -> int:
-    """imgfs cache: what the index cache holds, or clear it."""
+    """imgfs cache info|clear: what the index cache holds, or empty it."""
     store = Store(cache_dir(args))
-    if args.clear:
+    if args.action == "clear":
         freed = store.clear()
         ui.info(f"cache {store.root}: {human(freed)} freed")
         return 0

@@ -104,7 +104,7 @@ _imgfs() {
     case $cmd in
         completion) _imgfs_add "$word" <<< "$(printf '%s\n' @SHELLS@)" ;;
         umount) COMPREPLY=($(compgen -d -- "$cur")) ;;
-        cache) ;;
+        cache) ((npos == 0)) && _imgfs_add "$word" <<< "$(printf '%s\n' info clear)" ;;
         *)
             if ((npos == 0)); then
                 COMPREPLY=($(compgen -f -- "$cur"))
