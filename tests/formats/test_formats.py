@@ -186,8 +186,6 @@ def test_history_shorter_than_layers_through_open_archive(tmp_path: Path) -> Non
     assert files(img) == {"etc/one": b"1", "etc/two": b"2"}
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a LayerSources value that is not an object raises "
-                                       "AttributeError ('str' object has no attribute 'get')")
 def test_layer_sources_of_the_wrong_shape(tmp_path: Path) -> None:
     b, entry = docker([L1])
     entry["LayerSources"] = {digest_of(L1): "not-an-object"}
@@ -199,8 +197,6 @@ def test_layer_sources_of_the_wrong_shape(tmp_path: Path) -> None:
     assert files(img) == {"etc/one": b"1"}
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: RepoTags given as a string is iterated per character "
-                                       "(the image gets refs 's', 'e', 'e', 'd', ...)")
 def test_repo_tags_of_the_wrong_shape(tmp_path: Path) -> None:
     b, entry = docker([L1])
     entry["RepoTags"] = "seed:latest"

@@ -37,12 +37,6 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     return lambda blob: open_stream(BytesSource(blob), store, f"test:{next(keys)}")
 
 
-def known_bug(request: pytest.FixtureRequest, openers: tuple[str, ...], reason: str) -> None:
-    """Mark this test strict-xfail for the named openers (an engine bug reported to the lead)."""
-    if request.node.callspec.params["opener"] in openers:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="engine bug: " + reason))
-
-
 def _read_all(opener: Opener, blob: bytes) -> tuple[bytes, str | None]:
     src, kind = opener(blob)
     return src.pread(0, src.size), kind
@@ -87,23 +81,17 @@ def test_gzip_member_split_inside_a_tar_header(opener: Opener) -> None:
         assert src.pread(idx.offsets[7], idx.sizes[7]) == bytes([7]) * 700
 
 
-def test_gzip_with_a_little_zero_padding(request: pytest.FixtureRequest, opener: Opener) -> None:
-    known_bug(request, ("stream",), "open_stream (rapidgzip) refuses any zero padding after the last gzip member")
+def test_gzip_with_a_little_zero_padding(opener: Opener) -> None:
     assert _read_all(opener, gzip.compress(PAYLOAD) + bytes(300))[0] == PAYLOAD
 
 
-def test_gzip_with_zero_padding_past_a_read_chunk(request: pytest.FixtureRequest, opener: Opener) -> None:
+def test_gzip_with_zero_padding_past_a_read_chunk(opener: Opener) -> None:
     # Block devices and some tools pad a .gz with zeros; gzip(1) ignores trailing zeros wherever they end.
-    known_bug(request, ("spool", "stream"), "zero padding after the last gzip member is refused (the spool "
-              "tolerates it only within the same 1 MiB read chunk)")
     assert _read_all(opener, gzip.compress(PAYLOAD) + bytes(2 << 20))[0] == PAYLOAD
 
 
 @pytest.mark.parametrize("keep", [40, 0.5, 0.99], ids=["header-only", "half", "most"])
-def test_truncated_gzip_is_an_error(request: pytest.FixtureRequest, opener: Opener, keep: float) -> None:
-    if request.node.callspec.params["opener"] == "stream" and keep != 40:
-        pytest.skip("can abort the interpreter: see test_truncated_gzip_stream_does_not_kill_the_process")
-    known_bug(request, ("stream",), "a gzip stream cut right after its header reads as empty, no error")
+def test_truncated_gzip_is_an_error(opener: Opener, keep: float) -> None:
     blob = gzip.compress(PAYLOAD)
     with pytest.raises(ImgfsError):
         _read_all(opener, blob[: int(keep if keep > 1 else len(blob) * keep)])
@@ -127,8 +115,7 @@ except ImgfsError as e:
 """
 
 
-@pytest.mark.parametrize("keep", ["0.5", "0.9", pytest.param("0.99", marks=pytest.mark.xfail(
-    strict=True, reason="engine bug: rapidgzip aborts the interpreter (std::logic_error, SIGABRT) on this cut"))])
+@pytest.mark.parametrize("keep", ["0.5", "0.9", "0.99"])  # 0.99 made rapidgzip abort the interpreter (fixed)
 def test_truncated_gzip_stream_does_not_kill_the_process(tmp_path: Path, keep: str) -> None:
     # In a child process: the failure mode is the whole process dying, which would take pytest with it.
     proc = subprocess.run([sys.executable, "-c", _CUT_GZIP, keep, str(tmp_path / "cut.gz")],
@@ -138,16 +125,13 @@ def test_truncated_gzip_stream_does_not_kill_the_process(tmp_path: Path, keep: s
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.99], ids=["half", "most"])
-def test_truncated_zstd_is_an_error(request: pytest.FixtureRequest, opener: Opener, keep: float) -> None:
-    known_bug(request, ("spool", "stream"), "a truncated zstd stream decompresses silently to fewer bytes "
-              "(to nothing when the frame is small) instead of raising")
+def test_truncated_zstd_is_an_error(opener: Opener, keep: float) -> None:
     blob = zstandard.ZstdCompressor().compress(PAYLOAD)
     with pytest.raises(ImgfsError):
         _read_all(opener, blob[: int(len(blob) * keep)])
 
 
-def test_truncated_small_zstd_layer_is_reported(request: pytest.FixtureRequest, opener: Opener) -> None:
-    known_bug(request, ("spool", "stream"), "a truncated small zstd layer reads as an empty tar, no error")
+def test_truncated_small_zstd_layer_is_reported(opener: Opener) -> None:
     blob = zstandard.ZstdCompressor().compress(tar_of([F("a", b"x")]))[:-4]
     try:
         src, _ = opener(blob)

@@ -98,8 +98,6 @@ def test_aufs_bookkeeping_is_never_shown() -> None:
     assert paths(t) == paths(merge(BASE))
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: files inside AUFS's '.wh..wh.plnk/' directory show in the "
-                                       "merged view, with the directory itself as an implied parent (rule 11)")
 def test_aufs_hardlink_directory_contents_are_never_shown() -> None:
     # AUFS keeps hard-link bookkeeping as files *inside* .wh..wh.plnk/.
     t = merge(BASE, [D(".wh..wh.plnk"), F(".wh..wh.plnk/1234.5678", b"x")])
@@ -133,8 +131,6 @@ def test_layer_view_shows_the_markers() -> None:
     assert "etc/passwd" not in paths(lt)  # a layer view holds only that layer's members
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a whiteout whose name escapes its directory ('.wh...', "
-                                       "'.wh..') is silently ignored; rule 11 says report it")
 @pytest.mark.parametrize("name", [".wh...", ".wh.."])
 def test_escaping_whiteout_is_reported(name: str) -> None:
     t = merge(BASE, [D("data"), F(f"data/{name}", mode=0o600)])
@@ -156,8 +152,6 @@ def test_whiteout_at_a_symlink_hides_the_link_only() -> None:
     assert content(t, "usr/lib/libc.so") == b"libc" and content(t, "etc/passwd") == b"root"
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: an opaque marker in a directory that is a symlink below "
-                                       "follows the link and empties the link's target (rule 13)")
 def test_opaque_marker_at_a_symlink_does_not_follow_it() -> None:
     t = merge(BASE + [S("lib", "usr/lib")], [D("lib"), OPQ("lib"), F("lib/new", b"n")])
     assert kind(t, "lib") == "dir" and content(t, "lib/new") == b"n"
@@ -334,12 +328,18 @@ def test_hardlink_to_nothing_is_left_out_with_a_warning() -> None:
     assert any("dangling" in w for w in t.warnings)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a hard link whose target comes later in the tar is applied "
-                                       "after the whole layer, so it overwrites a later entry at its own path "
-                                       "(rule 16: the later entry wins)")
 def test_deferred_hardlink_does_not_override_a_later_entry() -> None:
     t = merge(BASE, [H("h", "t"), F("t", b"target"), F("h", b"later h")])
     assert content(t, "h") == b"later h"
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: a hard link still waiting for its target is applied at the end "
+                                       "of the layer even when a later entry replaced its parent directory with a "
+                                       "file: the later file is destroyed and an implied directory takes its place")
+def test_later_file_over_the_parent_of_a_pending_hardlink_wins() -> None:
+    t = merge([D("a"), F("a/x", b"x")], [H("a/h", "t"), F("t", b"T"), F("a", b"now a file")])
+    assert content(t, "a") == b"now a file"
+    assert "a/h" not in paths(t)
 
 
 def test_layer_view_resolves_hardlinks_to_lower_layers() -> None:
