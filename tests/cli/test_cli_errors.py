@@ -76,6 +76,8 @@ def test_missing_blob(capsysbinary, tmp_path):
     assert res.rc == 0 and res.out == b"a"
     assert_one_line_error(run(capsysbinary, "-q", "cat", path, "/b"), "/b", "no such file")
     assert_one_line_error(run(capsysbinary, "-q", "ls", path, "--layer", "2"), "layer 2", "cannot be read")
+    res = run(capsysbinary, "find", path)  # the readable layer and the merged view still answer
+    assert res.rc == 0 and res.lines == ["1 step 1\t/a", "merged\t/a"] and "layer 2" in res.err
 
 
 @pytest.mark.parametrize("manifest", [b"{not json", b"[]", b'{"a": 1}', b'[{"Config": 5}]', b"\xff\xfe"])
