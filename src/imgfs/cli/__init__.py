@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (implies --foreground)")
     p.add_argument("--log-file", metavar="FILE", help="where a background mount writes its log")
+    p = sub.add_parser("umount", help="unmount an imgfs mount", description="Unmount an imgfs mount.",
+                       parents=[_parent("common")])
+    p.set_defaults(func=commands.umount)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--lazy", action="store_true", help="detach now, clean up when no longer busy")
     add("verify", "check the image's config, manifest and layers against their digests (hashes every blob)",
         [base, as_json], commands.verify,
         "Without --image/--platform every image of the archive is checked. Lines: IMAGE<TAB>OK|FAILED<TAB>\n"
@@ -138,11 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[_parent("common")])
     p.set_defaults(func=commands.completion)
     p.add_argument("shell", choices=["bash", "zsh"])
-    p = sub.add_parser("umount", help="unmount an imgfs mount", description="Unmount an imgfs mount.",
-                       parents=[_parent("common")])
-    p.set_defaults(func=commands.umount)
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--lazy", action="store_true", help="detach now, clean up when no longer busy")
     return parser
 
 
