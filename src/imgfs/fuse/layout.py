@@ -1,0 +1,153 @@
+"""The mount's fixed skeleton (image dirs, layers/, config.json ...) and where each tree hangs in it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..archive import Archive, Image
+from ..errors import ImgfsError
+from ..formats.naming import MAX_NAME, SLASH
+from ..tree import Tree
+
+DIR, FILE, TREE = range(3)
+TREE_SHIFT = 48  # inode = tree slot << 48 | inode inside the tree; slot 0 is the skeleton
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """A skeleton entry: a directory, a small file, or the root of a tree (built on first use)."""
+
+    kind: int
+    ino: int
+    names: tuple[bytes, ...] = ()
+    data: bytes = b""
+    load: Callable[[], Tree] | None = None
+    tree: Tree | None = None
+
+    def get_tree(self) -> Tree:
+        """The tree mounted here, built on first access (the engine keeps it)."""
+        tree = self.tree
+        if tree is None:
+            assert self.load is not None
+            tree = self.tree = self.load()
+        return tree
+
+
+def dir_name(label: str) -> str:
+    """A label as one file name: '/' shown as U+2215 (like layer names), no NUL, at most 255 bytes."""
+    name = label.replace("/", SLASH).replace("\0", "").strip()
+    if name in ("", ".", ".."):
+        name = "image"
+    data = name.encode("utf-8", "surrogateescape")
+    return data[:MAX_NAME].decode("utf-8", "ignore") if len(data) > MAX_NAME else name
+
+
+def unique_names(images: list[Image]) -> list[str]:
+    """One distinct directory name per image: the label, then the platform, then a counter if needed."""
+    names = [dir_name(i.label) for i in images]
+    for n, img in enumerate(images):
+        if names.count(names[n]) > 1 and img.platform:
+            names[n] = dir_name(f"{names[n]} ({img.platform})")
+    seen: set[str] = set()
+    for n, name in enumerate(names):
+        k = 2
+        while names[n] in seen:
+            names[n] = dir_name(f"{name} ({k})")
+            k += 1
+        seen.add(names[n])
+    return names
+
+
+def _clean(path: str) -> str:
+    while path.startswith("./"):
+        path = path[2:]
+    return path.lstrip("/")
+
+
+def manifest_bytes(archive: Archive, image: Image) -> bytes:
+    """The image manifest; a legacy docker-archive has none, so its manifest.json entry stands in."""
+    if image.desc.manifest_bytes is not None:
+        return image.desc.manifest_bytes
+    entry = None
+    try:
+        doc = json.loads(archive.reader.read("manifest.json"))
+        for e in doc if isinstance(doc, list) else []:
+            cfg = e.get("Config") if isinstance(e, dict) else None
+            if isinstance(cfg, str) and _clean(cfg) == image.desc.config_member \
+                    and (e.get("RepoTags") or []) == image.refs:
+                entry = e
+                break
+    except (ImgfsError, ValueError):
+        pass
+    if entry is None:  # rebuilt from what the parser kept
+        entry = {"Config": image.desc.config_member, "RepoTags": image.refs,
+                 "Layers": [layer.member for layer in image.layers]}
+    return json.dumps(entry, indent=2).encode() + b"\n"
+
+
+class Layout:
+    """Every skeleton path (bytes, from the mount root) mapped to its Node; trees sit below TREE nodes."""
+
+    def __init__(self, archive: Archive, images: list[Image]) -> None:
+        self.nodes: dict[bytes, Node] = {}
+        self.tree_count = 0
+        if len(images) == 1:
+            self._image(b"", archive, images[0])
+        else:
+            for name, img in zip(unique_names(images), images, strict=True):
+                self._image(b"/" + os.fsencode(name), archive, img)
+        self._finish_dirs()
+
+    def _add(self, path: bytes, kind: int, **kw: object) -> Node:
+        node = Node(kind, len(self.nodes) + 1, **kw)  # type: ignore[arg-type]
+        self.nodes[path] = node
+        return node
+
+    def _tree(self, path: bytes, load: Callable[[], Tree]) -> None:
+        self.tree_count += 1
+        node = Node(TREE, self.tree_count << TREE_SHIFT | 1, load=load)
+        self.nodes[path] = node
+
+    def _image(self, base: bytes, archive: Archive, img: Image) -> None:
+        self._add(base + b"/config.json", FILE, data=img.desc.config_bytes)
+        self._add(base + b"/manifest.json", FILE, data=manifest_bytes(archive, img))
+        self._tree(base + b"/merged", img.merged)
+        self._add(base + b"/layers", DIR)
+        for layer in img.layers:
+            self._tree(base + b"/layers/" + os.fsencode(layer.name),
+                       lambda pos=layer.position: img.layer_tree(pos))
+
+    def _finish_dirs(self) -> None:
+        """Create the implied directories (the root, image dirs) and fill every child list."""
+        for path in list(self.nodes):
+            parent = path.rpartition(b"/")[0] or b"/"
+            while parent not in self.nodes:
+                self._add(parent, DIR)
+                parent = parent.rpartition(b"/")[0] or b"/"
+        kids: dict[bytes, list[bytes]] = {}
+        for path in self.nodes:
+            if path != b"/":
+                parent, _, name = path.rpartition(b"/")
+                kids.setdefault(parent or b"/", []).append(name)
+        for path, node in self.nodes.items():
+            if node.kind == DIR:
+                node.names = tuple(sorted(kids.get(path, ())))
+
+    def locate(self, path: bytes) -> tuple[Node, bytes] | None:
+        """The node a FUSE path belongs to and the key inside its tree (b'' for skeleton nodes)."""
+        node = self.nodes.get(path)
+        if node is not None:
+            return node, b""
+        # Skeleton paths are at most three components deep, so this loop is short.
+        i = path.find(b"/", 1)
+        while i > 0:
+            node = self.nodes.get(path[:i])
+            if node is None:
+                return None
+            if node.kind == TREE:
+                return node, path[i + 1:]
+            i = path.find(b"/", i + 1)
+        return None

@@ -1,0 +1,260 @@
+"""Mounting an archive (in the foreground, or as a daemon that answers before mount() returns) and unmounting."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import logging.handlers
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..archive import Archive, Image, open_archive
+from ..errors import ImgfsError, SelectionError
+
+READY = b"\0imgfs-ready\n"
+READY_TIMEOUT = 30.0
+CACHE_SECONDS = "86400"  # the content never changes while mounted, so the kernel may keep it
+INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install fuse libfuse2)"
+log = logging.getLogger("imgfs.fuse")
+
+
+def _load_bridge() -> Any:
+    """Import the libfuse binding (fusepy loads libfuse.so.2 on import)."""
+    try:
+        from . import bridge
+    except ImportError as e:
+        if "fuse" in str(e) and "libfuse" not in str(e):
+            raise ImgfsError(f"the fusepy package is missing: pip install fusepy ({e})") from None
+        raise ImgfsError(f"libfuse 2 is not usable ({e}): {INSTALL_HINT}") from None
+    except OSError as e:  # fusepy: "Unable to find libfuse"
+        raise ImgfsError(f"libfuse 2 is not installed ({e}): {INSTALL_HINT}") from None
+    return bridge
+
+
+def _check_mountpoint(mountpoint: str, allow_nonempty: bool) -> str:
+    """The mountpoint's absolute path, or an ImgfsError saying why it cannot be used."""
+    mp = os.path.abspath(mountpoint)
+    try:
+        st = os.stat(mp)
+    except FileNotFoundError:
+        raise ImgfsError(f"mountpoint {mountpoint} does not exist") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise ImgfsError(f"{mountpoint} is a dead mount (its process is gone): "
+                             f"run 'imgfs umount {mountpoint}' first") from None
+        raise ImgfsError(f"mountpoint {mountpoint}: {e.strerror}") from None
+    if not os.path.isdir(mp) or not (st.st_mode & 0o170000 == 0o040000):
+        raise ImgfsError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mp):
+        raise ImgfsError(f"{mountpoint} is already a mount point")
+    if not allow_nonempty and os.listdir(mp):
+        raise ImgfsError(f"mountpoint {mountpoint} is not empty (use -o nonempty to mount over it)")
+    if not os.path.exists("/dev/fuse"):
+        raise ImgfsError("/dev/fuse is missing: load the fuse module (modprobe fuse), "
+                         "or give the container --device /dev/fuse")
+    return mp
+
+
+def _escape(value: str) -> str:
+    """A value safe inside libfuse's comma-separated -o list."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[str, Any]:
+    """The -o options for libfuse: read-only, stable inodes, kernel caching, plus the user's."""
+    opts: dict[str, Any] = {
+        "ro": True, "use_ino": True, "kernel_cache": True, "attr_timeout": CACHE_SECONDS,
+        "entry_timeout": CACHE_SECONDS, "negative_timeout": CACHE_SECONDS,
+        "fsname": _escape(os.path.abspath(archive)), "subtype": "imgfs",
+    }
+    if allow_other:
+        opts["allow_other"] = opts["default_permissions"] = True
+    for item in (options or "").split(","):
+        key, eq, value = item.strip().partition("=")
+        if not key:
+            continue
+        if key == "rw":
+            raise ImgfsError("imgfs mounts are read-only: option 'rw' is not supported")
+        opts[key] = value if eq else True
+    return opts
+
+
+def _argv(opts: dict[str, Any], debug: bool) -> list[str]:
+    """libfuse's command line: foreground (mount() daemonises by itself), one thread, the options."""
+    # -s: one thread. Every callback needs the GIL anyway, and libfuse's worker threads measured twice
+    # the CPU time per request (thread-state churn, GIL handoffs) for no gain in throughput.
+    args = ["-f", "-s"] + (["-d"] if debug else [])
+    return args + ["-o", ",".join(k if v is True else f"{k}={v}" for k, v in opts.items())]
+
+
+def _log_to(handler: logging.Handler, debug: bool) -> None:
+    handler.setFormatter(logging.Formatter("imgfs[%(process)d]: %(levelname)s %(message)s"))
+    for name in ("imgfs", "fuse"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.setLevel(logging.DEBUG if debug else logging.INFO)
+        lg.propagate = False
+
+
+def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any], debug: bool,
+           on_ready: Callable[[], None] | None) -> None:
+    """Run the filesystem until it is unmounted (SIGTERM, SIGINT and SIGHUP unmount it)."""
+    bridge = _load_bridge()
+    from .layout import Layout
+    from .ops import ImgfsOps
+
+    ops = ImgfsOps(Layout(archive, images), archive.path, log)
+    if on_ready is not None:
+        ops.on_ready.append(on_ready)
+    # libfuse installs its own unmounting handlers only over the default disposition.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            signal.signal(sig, signal.SIG_DFL)
+    try:
+        bridge.Bridge(ops, mp, _argv(opts, debug))
+    except RuntimeError:
+        raise ImgfsError(f"cannot mount on {mp} (see libfuse's message above)") from None
+
+
+def _daemon(status_fd: int, archive: str, chosen: list[int], mp: str, opts: dict[str, Any], debug: bool,
+            log_file: str | None, open_kw: dict[str, Any]) -> None:
+    """The detached mount process: stderr goes to the caller until the mount is up, then to the log."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    logfd = devnull
+    if log_file:
+        logfd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        handler: logging.Handler = logging.StreamHandler(os.fdopen(os.dup(logfd), "a", buffering=1))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    else:
+        handler = logging.NullHandler()
+    os.dup2(devnull, 0)
+    os.dup2(logfd, 1)
+    os.dup2(status_fd, 2)  # libfuse's own complaints reach the caller
+    os.chdir("/")
+    _log_to(handler, debug)
+
+    def ready() -> None:
+        os.write(status_fd, READY)
+        os.dup2(logfd, 2)
+        os.close(status_fd)
+        log.info("mounted %s on %s", archive, mp)
+
+    with open_archive(archive, warn=log.warning, **open_kw) as arch:
+        _serve(arch, [arch.images[i] for i in chosen], mp, opts, debug, ready)
+    log.info("unmounted %s", mp)
+
+
+def _spawn(archive: str, chosen: list[int], mp: str, opts: dict[str, Any], debug: bool,
+           log_file: str | None, open_kw: dict[str, Any]) -> None:
+    """Start the daemon (double fork, so init adopts it) and wait until its mount answers."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        rc = 1
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() == 0:
+                _daemon(w, archive, chosen, mp, opts, debug, log_file, open_kw)
+            rc = 0
+        except BaseException as e:  # noqa: BLE001 - nothing may run on in the caller's code
+            with contextlib.suppress(OSError):
+                os.write(w, f"{e}\n".encode())
+        finally:
+            os._exit(rc)
+    os.close(w)
+    try:
+        os.waitpid(pid, 0)
+        _wait_ready(r, mp, READY_TIMEOUT)
+    finally:
+        os.close(r)
+
+
+def _wait_ready(fd: int, mp: str, timeout: float) -> None:
+    """Wait for the daemon's ready line, then until the mount answers; else raise what it said."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while READY not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise ImgfsError(f"the mount on {mp} did not come up within {timeout:.0f} s")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            text = data.decode("utf-8", "replace").strip().replace("\n", "; ") or "the mount process died"
+            raise ImgfsError(f"cannot mount on {mp}: {text}")
+        data += chunk
+    while not os.path.ismount(mp):
+        if time.monotonic() > deadline:
+            raise ImgfsError(f"the mount on {mp} does not answer")
+        time.sleep(0.005)
+
+
+def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: str | None = None,
+          foreground: bool = False, options: str | None = None, allow_other: bool = False,
+          debug: bool = False, log_file: str | None = None, warn: Callable[[str], None] | None = None,
+          cache_dir: str | None = None, use_cache: bool = True) -> None:
+    """Mount an archive read-only; in the background (default) return once the mount answers.
+
+    cache_dir/use_cache go to open_archive (the engine's index cache)."""
+    _load_bridge()
+    opts = fuse_options(archive, options, allow_other)
+    mp = _check_mountpoint(mountpoint, "nonempty" in opts)
+    archive = os.path.abspath(archive)
+    if log_file:
+        log_file = os.path.abspath(log_file)
+        try:
+            with open(log_file, "a"):
+                pass
+        except OSError as e:
+            raise ImgfsError(f"log file {log_file}: {e.strerror}") from None
+    open_kw: dict[str, Any] = {"cache_dir": cache_dir, "use_cache": use_cache}
+    with open_archive(archive, warn=warn, **open_kw) as arch:
+        chosen = arch.select(image, platform)
+        if not chosen:
+            raise SelectionError(f"{archive}: the archive holds no image")
+        if foreground:
+            if not logging.getLogger("imgfs").hasHandlers():
+                _log_to(logging.StreamHandler(), debug)
+            _serve(arch, chosen, mp, opts, debug, None)
+            return
+        indices = [arch.images.index(img) for img in chosen]
+    # rapidgzip's threads do not survive fork(): the daemon opens the archive again (cheap: the engine
+    # caches indexes and seek points), after the errors a bad archive gives have reached the caller here.
+    _spawn(archive, indices, mp, opts, debug, log_file, open_kw)
+
+
+def _is_mounted(mp: str) -> bool:
+    """Whether /proc/mounts lists the path (also true for a mount whose process died)."""
+    try:
+        with open("/proc/mounts", "rb") as fh:
+            target = os.fsencode(mp).replace(b"\\", b"\\134").replace(b" ", b"\\040") \
+                .replace(b"\t", b"\\011").replace(b"\n", b"\\012")
+            return any(line.split(b" ")[1] == target for line in fh if line.count(b" ") >= 2)
+    except OSError:
+        return os.path.ismount(mp)
+
+
+def umount(mountpoint: str, lazy: bool = False) -> None:
+    """Unmount (fusermount -u, -z when lazy); also clears a mount whose process died."""
+    mp = os.path.abspath(mountpoint)
+    if not _is_mounted(mp):
+        if not os.path.lexists(mp):
+            raise ImgfsError(f"{mountpoint} does not exist")
+        raise ImgfsError(f"{mountpoint} is not mounted")
+    if shutil.which("fusermount"):
+        cmd = ["fusermount", "-u"] + (["-z"] if lazy else []) + ["--", mp]
+    else:
+        cmd = ["umount"] + (["-l"] if lazy else []) + ["--", mp]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = res.stderr.strip().replace("\n", "; ") or f"{cmd[0]} failed"
+        hint = " (files are in use: close them, or use --lazy)" if "busy" in msg.lower() else ""
+        raise ImgfsError(f"cannot unmount {mountpoint}: {msg}{hint}")
