@@ -284,7 +284,12 @@ class Archive:
         if self.index.error:
             self.warn(self.index.error)
         self.reader = _OuterReader(self.outer, self.index)
-        self.kind, descs = formats.describe(self.reader)
+        try:
+            self.kind, descs = formats.describe(self.reader)
+        except FormatError as e:
+            if self.index.error:  # the real cause is the damage, not what it left out
+                raise FormatError(f"damaged or truncated archive ({self.index.error}); {e}") from None
+            raise
         if self.outer_compression:
             self.kind += "+" + self.outer_compression
         self.images = [Image(self, d) for d in descs]
@@ -372,7 +377,7 @@ class Archive:
         if len(chosen) == 1:
             return chosen[0]
         if not chosen:
-            raise SelectionError("the archive holds no image")
+            raise SelectionError(f"{self.path}: the archive holds no image")
         raise SelectionError(
             f"the archive holds {len(chosen)} images, choose one with --image: "
             + ", ".join(i.label + (f" [{i.platform}]" if i.platform else "") for i in chosen))
@@ -404,4 +409,5 @@ def open_archive(path: str | os.PathLike[str], **kwargs: Any) -> Archive:
     try:
         return Archive(path, **kwargs)
     except ImgfsError as e:
-        raise type(e)(f"{os.fspath(path)}: {e}") from None
+        where = os.fspath(path)
+        raise type(e)(str(e) if str(e).startswith(where + ":") else f"{where}: {e}") from None

@@ -65,14 +65,17 @@ def _close_all() -> None:
         g.close()
 
 
+SMALL_GZIP = 8 << 20  # below this, one zlib pass into a temporary file beats a child process and seek points
+
+
 class GzipSource:
     """A gzip stream (multi-member too) read at random offsets through rapidgzip's seek points.
 
     The first full pass records a seek point every few MiB; the points are saved in the store, so a later
     open reads a file deep inside the stream by decompressing one span, not the stream from its start.
-    That first pass runs in a child process (see gzpass.py). Streams rapidgzip refuses (zero padding after
-    the last member, damage) and streams that are not a window of a file fall back to a one-time zlib
-    decompression into a private temporary file, which tolerates padding and names the damage.
+    That first pass runs in a child process (see gzpass.py). Small streams, streams rapidgzip refuses (zero
+    padding after the last member, damage) and streams that are not a window of a file fall back to a
+    one-time zlib decompression into a private temporary file, which tolerates padding and names the damage.
     rapidgzip's threads do not survive fork(): a process that forks must open its archives after the fork.
     """
 
@@ -123,7 +126,7 @@ class GzipSource:
                 return
             except Exception:  # noqa: BLE001 - any failure means: make the points again
                 self.store.warn_once(f"cache: seek points for {self.key} unreadable; rebuilding them")  # type: ignore
-        window = self._file_window()
+        window = self._file_window() if self.src.size >= SMALL_GZIP else None
         made = self._first_pass(window) if window is not None else None
         if made is None:
             self._fallback = SpoolSource(self.src, "gzip")
