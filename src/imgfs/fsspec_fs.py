@@ -9,38 +9,23 @@ from fsspec.spec import AbstractFileSystem
 
 from .archive import open_archive
 from .errors import ImgfsError
+from .tarindex.source import SourceFile
 from .tree import Tree
 
 _TYPES = {"file": "file", "dir": "directory", "symlink": "link"}
 
 
-class _Reader(io.RawIOBase):
-    """A read-only, seekable file over one member of a tree."""
+class _Member:
+    """One regular file of a tree as a Source (reads past its end come back short, as files do)."""
 
     def __init__(self, tree: Tree, ref: int, size: int) -> None:
-        self.tree, self.ref, self.size, self.pos = tree, ref, size, 0
+        self.tree, self.ref, self.size = tree, ref, size
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = max(0, {0: 0, 1: self.pos, 2: self.size}[whence] + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+    def pread(self, offset: int, length: int) -> bytes:
         try:
-            data = self.tree.read(self.ref, self.pos, len(b))
+            return self.tree.read(self.ref, offset, length)
         except ImgfsError as e:
             raise OSError(str(e)) from None
-        b[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
 
 
 class ImgfsFileSystem(AbstractFileSystem):
@@ -115,7 +100,7 @@ class ImgfsFileSystem(AbstractFileSystem):
         e = self.tree.entry_for(key, ref)  # type: ignore[arg-type]
         if e.kind != "file":
             raise IsADirectoryError(path) if e.kind == "dir" else OSError(f"{path}: not a regular file")
-        return io.BufferedReader(_Reader(self.tree, ref, e.size), buffer_size=1 << 20)
+        return io.BufferedReader(SourceFile(_Member(self.tree, ref, e.size)), buffer_size=1 << 20)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         """A file's bytes (or a range of them)."""

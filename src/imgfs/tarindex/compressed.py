@@ -15,45 +15,8 @@ import weakref
 from collections.abc import Callable
 
 from ..errors import FormatError, TruncatedError
-from .source import FileSource, SliceSource, Source, SpoolSource, decompress_to, sniff_compression
+from .source import FileSource, SliceSource, Source, SourceFile, SpoolSource, decompress_to, sniff_compression
 from .store import Store
-
-
-class _SourceFile(io.RawIOBase):
-    """A seekable file object over a Source, for libraries that want one."""
-
-    def __init__(self, src: Source, progress: Callable[[int, int], None] | None = None) -> None:
-        self.src = src
-        self.pos = 0
-        self.progress = progress
-        self._next = 64 << 20
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: self.src.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        n = min(len(b), self.src.size - self.pos)
-        if n <= 0:
-            return 0
-        data = self.src.pread(self.pos, n)
-        b[:n] = data
-        self.pos += n
-        if self.progress is not None and self.pos >= self._next:
-            self._next = self.pos + (64 << 20)
-            self.progress(self.pos, self.src.size)
-        return n
-
 
 _OPEN: weakref.WeakSet[GzipSource] = weakref.WeakSet()
 
@@ -106,7 +69,7 @@ class GzipSource:
             import rapidgzip
         except ImportError:  # pragma: no cover - a declared dependency
             raise FormatError("gzip data needs the 'rapidgzip' package") from None
-        f = rapidgzip.RapidgzipFile(_SourceFile(self.src), parallelization=os.cpu_count() or 1)
+        f = rapidgzip.RapidgzipFile(SourceFile(self.src), parallelization=os.cpu_count() or 1)
         try:
             f.import_index(io.BytesIO(points))
         except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import threading
@@ -62,6 +63,42 @@ class FileSource:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class SourceFile(io.RawIOBase):
+    """A seekable, read-only file object over a Source, for libraries that want one (progress optional)."""
+
+    def __init__(self, src: Source, progress: Callable[[int, int], None] | None = None) -> None:
+        self.src = src
+        self.pos = 0
+        self.progress = progress
+        self._next = 64 << 20
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.src.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(b), self.src.size - self.pos)
+        if n <= 0:
+            return 0
+        data = self.src.pread(self.pos, n)
+        b[:n] = data
+        self.pos += n
+        if self.progress is not None and self.pos >= self._next:
+            self._next = self.pos + (64 << 20)
+            self.progress(self.pos, self.src.size)
+        return n
 
 
 class SliceSource:
