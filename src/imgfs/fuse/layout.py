@@ -47,10 +47,9 @@ def dir_name(label: str) -> str:
 
 def unique_names(images: list[Image]) -> list[str]:
     """One distinct directory name per image: the label, then the platform, then a counter if needed."""
-    names = [dir_name(i.label) for i in images]
-    for n, img in enumerate(images):
-        if names.count(names[n]) > 1 and img.platform:
-            names[n] = dir_name(f"{names[n]} ({img.platform})")
+    labels = [dir_name(i.label) for i in images]
+    names = [dir_name(f"{name} ({img.platform})") if labels.count(name) > 1 and img.platform else name
+             for name, img in zip(labels, images, strict=True)]
     seen: set[str] = set()
     for n, name in enumerate(names):
         k = 2

@@ -53,6 +53,12 @@ def _check_mountpoint(mountpoint: str, allow_nonempty: bool) -> str:
     if not os.path.isdir(mp) or not (st.st_mode & 0o170000 == 0o040000):
         raise ImgfsError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mp):
+        try:
+            os.statvfs(mp)  # the kernel may answer stat() from its cache; statfs always asks the daemon
+        except OSError as e:
+            if e.errno == errno.ENOTCONN:
+                raise ImgfsError(f"{mountpoint} is a dead mount (its process is gone): "
+                                 f"run 'imgfs umount {mountpoint}' first") from None
         raise ImgfsError(f"{mountpoint} is already a mount point")
     if not allow_nonempty and os.listdir(mp):
         raise ImgfsError(f"mountpoint {mountpoint} is not empty (use -o nonempty to mount over it)")
