@@ -162,3 +162,13 @@ def test_missing_dev_fuse_is_reported(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
     with pytest.raises(ImgfsError, match="/dev/fuse"):
         imgfs.fuse.mount(str(SEED), str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", [[], ["-f"]])
+def test_libfuse_refusal_is_one_clear_line(mode: list[str], tmp_path: Path, env: dict) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    res = cli("mount", *mode, "-o", "no_such_option", SEED, mp, env=env)
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "unknown option" in res.stderr and "no_such_option" in res.stderr
+    assert not os.path.ismount(mp)

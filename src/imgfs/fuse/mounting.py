@@ -10,7 +10,9 @@ import os
 import select
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +40,10 @@ def _load_bridge() -> Any:
     return bridge
 
 
+def _dead(mountpoint: str) -> ImgfsError:
+    return ImgfsError(f"{mountpoint} is a dead mount (its process is gone): run 'imgfs umount {mountpoint}' first")
+
+
 def _check_mountpoint(mountpoint: str, allow_nonempty: bool) -> str:
     """The mountpoint's absolute path, or an ImgfsError saying why it cannot be used."""
     mp = os.path.abspath(mountpoint)
@@ -47,18 +53,16 @@ def _check_mountpoint(mountpoint: str, allow_nonempty: bool) -> str:
         raise ImgfsError(f"mountpoint {mountpoint} does not exist") from None
     except OSError as e:
         if e.errno == errno.ENOTCONN:
-            raise ImgfsError(f"{mountpoint} is a dead mount (its process is gone): "
-                             f"run 'imgfs umount {mountpoint}' first") from None
+            raise _dead(mountpoint) from None
         raise ImgfsError(f"mountpoint {mountpoint}: {e.strerror}") from None
-    if not os.path.isdir(mp) or not (st.st_mode & 0o170000 == 0o040000):
+    if not stat.S_ISDIR(st.st_mode):
         raise ImgfsError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mp):
         try:
             os.statvfs(mp)  # the kernel may answer stat() from its cache; statfs always asks the daemon
         except OSError as e:
             if e.errno == errno.ENOTCONN:
-                raise ImgfsError(f"{mountpoint} is a dead mount (its process is gone): "
-                                 f"run 'imgfs umount {mountpoint}' first") from None
+                raise _dead(mountpoint) from None
         raise ImgfsError(f"{mountpoint} is already a mount point")
     if not allow_nonempty and os.listdir(mp):
         raise ImgfsError(f"mountpoint {mountpoint} is not empty (use -o nonempty to mount over it)")
@@ -81,7 +85,7 @@ def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[s
         "fsname": _escape(os.path.abspath(archive)), "subtype": "imgfs",
     }
     if allow_other:
-        opts["allow_other"] = opts["default_permissions"] = True
+        opts["allow_other"] = True
     for item in (options or "").split(","):
         key, eq, value = item.strip().partition("=")
         if not key:
@@ -89,6 +93,8 @@ def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[s
         if key == "rw":
             raise ImgfsError("imgfs mounts are read-only: option 'rw' is not supported")
         opts[key] = value if eq else True
+    if opts.get("allow_other"):  # others get exactly what the modes allow them, never everything
+        opts["default_permissions"] = True
     return opts
 
 
@@ -109,6 +115,28 @@ def _log_to(handler: logging.Handler, debug: bool) -> None:
         lg.propagate = False
 
 
+class _Stderr:
+    """Keeps what libfuse writes to stderr while it mounts: the reason, when mounting fails."""
+
+    def __init__(self) -> None:
+        # A file, not a pipe: libfuse -d can write a lot, and must never block on it.
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by release()
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+
+    def release(self) -> bytes:
+        """Give stderr back; return what was written to it meanwhile."""
+        if self.saved < 0:
+            return b""
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.saved = -1
+        self.file.seek(0)
+        text = self.file.read()
+        self.file.close()
+        return text
+
+
 def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any], debug: bool,
            on_ready: Callable[[], None] | None) -> None:
     """Run the filesystem until it is unmounted (SIGTERM, SIGINT and SIGHUP unmount it)."""
@@ -117,16 +145,30 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
     from .ops import ImgfsOps
 
     ops = ImgfsOps(Layout(archive, images), archive.path, log)
-    if on_ready is not None:
-        ops.on_ready.append(on_ready)
+    captured = _Stderr()
+
+    def ready() -> None:
+        text = captured.release()
+        if on_ready is not None:
+            on_ready()
+        if text:
+            os.write(2, text)
+
+    ops.on_ready.append(ready)
     # libfuse installs its own unmounting handlers only over the default disposition.
+    saved: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            signal.signal(sig, signal.SIG_DFL)
+            saved[sig] = signal.signal(sig, signal.SIG_DFL)
     try:
         bridge.Bridge(ops, mp, _argv(opts, debug))
     except RuntimeError:
-        raise ImgfsError(f"cannot mount on {mp} (see libfuse's message above)") from None
+        text = captured.release().decode("utf-8", "replace").strip().replace("\n", "; ")
+        raise ImgfsError(f"cannot mount on {mp}: {text or 'libfuse failed'}") from None
+    finally:
+        captured.release()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _daemon(status_fd: int, archive: str, chosen: list[int], mp: str, opts: dict[str, Any], debug: bool,
@@ -194,8 +236,8 @@ def _wait_ready(fd: int, mp: str, timeout: float) -> None:
             raise ImgfsError(f"the mount on {mp} did not come up within {timeout:.0f} s")
         chunk = os.read(fd, 65536)
         if not chunk:
-            text = data.decode("utf-8", "replace").strip().replace("\n", "; ") or "the mount process died"
-            raise ImgfsError(f"cannot mount on {mp}: {text}")
+            text = data.decode("utf-8", "replace").strip().replace("\n", "; ")
+            raise ImgfsError(text or f"cannot mount on {mp}: the mount process died")
         data += chunk
     while not os.path.ismount(mp):
         if time.monotonic() > deadline:
