@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,17 @@ def _log_to(handler: logging.Handler, debug: bool) -> None:
         lg.propagate = False
 
 
+def _prebuild(images: list[Image]) -> None:
+    """Build each image's merged tree while libfuse mounts and the caller moves on.
+
+    Every look into merged/ or layers/ needs it (layer trees resolve hard links through it), so this is
+    work the first access would otherwise wait for; layer trees themselves stay lazy.
+    """
+    for img in images:
+        with contextlib.suppress(Exception):  # the access that needs it will report the failure
+            img.merged()
+
+
 class _Stderr:
     """Keeps what libfuse writes to stderr while it mounts: the reason, when mounting fails."""
 
@@ -155,6 +167,7 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
             os.write(2, text)
 
     ops.on_ready.append(ready)
+    threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild", daemon=True).start()
     # libfuse installs its own unmounting handlers only over the default disposition.
     saved: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
