@@ -107,11 +107,18 @@ def find_tool(name: str) -> str | None:
 def sh(cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, str]:
     """Run a shell command, return (seconds, stdout); a failure is an error, not a figure."""
     t0 = time.perf_counter()
-    r = subprocess.run(["sh", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(["sh", "-c", cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate()
+    except BaseException:  # interrupted: end the whole pipeline (its own process group), not just sh
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"{cmd!r} failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-    return dt, r.stdout
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd!r} failed ({proc.returncode}): {err.strip()[-500:]}")
+    return dt, out
 
 
 def sha256(path: Path) -> str:
@@ -264,13 +271,15 @@ class FusePeer(Peer):
             unmount(mnt)
         logf = open(self.work / f"{self.name}.log", "ab")  # noqa: SIM115 (the daemon inherits it)
         s = Session(mnt=mnt, t0=time.perf_counter())
+        proc = subprocess.Popen(self.argv(img, mnt), env=self.env(), stdin=subprocess.DEVNULL, stdout=logf,
+                                stderr=logf, start_new_session=True)
         try:
-            proc = subprocess.Popen(self.argv(img, mnt), env=self.env(), stdin=subprocess.DEVNULL, stdout=logf,
-                                    stderr=logf, start_new_session=True)
             rc = proc.wait(MOUNT_TIMEOUT)
             os.listdir(mnt)
             s.ready = time.perf_counter() - s.t0
-        except BaseException:
+        except BaseException:  # interrupted or timed out: no mount command may outlive the benchmark
+            proc.kill()
+            proc.wait()
             unmount(mnt)
             raise
         finally:
@@ -676,6 +685,7 @@ ROWS = (  # (metric, label); seconds unless the label says otherwise
     ("cold.rss", "peak RSS of the mount process (MiB)"),
     ("cold.bpe", "peak RSS per tar entry (bytes)"),
 )
+MOUNT_RELATIVE = {"ready", "trace", "gztail"}  # timed from the mount command; local disk has no mount
 TARGETS = {"cold.trace": 0.6, "cold.find1": 1.0, "cold.find2": 0.2, "cold.cat2": 0.1, "cold.cat1": "ratarmount"}
 
 
@@ -694,7 +704,7 @@ def ratio(a: float | None, b: float | None) -> str:
 def target_check(res: Results, image: str, metric: str) -> str:
     goal = TARGETS.get(metric)
     v = res.median(image, "imgfs", metric)
-    if goal is None or v is None:
+    if goal is None or v is None or image != "big":
         return ""
     limit = res.median(image, "ratarmount", metric) if goal == "ratarmount" else goal
     if limit is None:
@@ -705,6 +715,7 @@ def target_check(res: Results, image: str, metric: str) -> str:
 
 def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
+        rows = [[cell.replace("|", "\\|") for cell in r] for r in rows]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
     widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
@@ -722,12 +733,15 @@ def report(res: Results, images: list[Image], markdown: bool) -> str:
                 continue
             row = [label, *(fmt(v, metric) for v in vals)]
             if "imgfs" in cols:
-                row += [ratio(vals[0], res.median(img.name, other, metric)) for other in cols[1:]]
-                row.append(target_check(res, img.name, metric))
+                row += [ratio(vals[0], res.median(img.name, other, metric))
+                        if other != "local disk" or metric.split(".")[1] not in MOUNT_RELATIVE else "–"
+                        for other in cols[1:]]
+                if img.name == "big":
+                    row.append(target_check(res, img.name, metric))
             rows.append(row)
         header = ["", *cols]
         if "imgfs" in cols:
-            header += [f"imgfs ÷ {c}" for c in cols[1:]] + ["issue 3 target"]
+            header += [f"imgfs ÷ {c}" for c in cols[1:]] + (["issue 3 target"] if img.name == "big" else [])
         if rows:
             out.append(f"### {img.name}: {img.entries} tar entries; mounts\n\n" + table(header, rows, markdown))
         cmd_rows = [[name, fmt(res.median(img.name, "commands", name))]
@@ -750,8 +764,10 @@ def machine() -> dict[str, str]:
         if exe:
             r = subprocess.run([exe, "--version"], capture_output=True, text=True)
             versions[tool] = (r.stdout or r.stderr).strip().splitlines()[0] if r.returncode == 0 else "?"
-    commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+    repo = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+    commit = subprocess.run([*repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if subprocess.run([*repo, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout:
+        commit += " + uncommitted changes under src/"  # others work in the same tree
     return {"nproc": str(os.cpu_count()), "cpu": cpu, "ram": f"{int(mem) / 2**20:.1f} GiB",
             "kernel": platform.release(), "python": platform.python_version(), "imgfs commit": commit, **versions}
 
