@@ -623,7 +623,9 @@ def bench_image(img: Image, peers: list[Peer], cmds: list[Command], runs: int, w
     Phases that drop the page cache come last in a run; the next run starts by warming it again."""
     res.info.setdefault(img.name, {"entries": img.entries, "gz file": img.gz_file})
     for run in range(runs):
-        log(f"{img.name}: run {run + 1}/{runs}")
+        load = Path("/proc/loadavg").read_text()[:14]
+        res.info[img.name].setdefault("loadavg per run", []).append(load)
+        log(f"{img.name}: run {run + 1}/{runs} (loadavg {load})")
         prewarm(img, peers)
         for peer in peers:
             for phase in phases:
