@@ -157,7 +157,7 @@ def test_missing_libfuse_is_one_clear_line(tmp_path: Path, env: dict) -> None:
     assert not os.path.ismount(mp)
 
 
-def test_missing_dev_fuse_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_dev_fuse_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, need_fuse: None) -> None:
     real_exists = os.path.exists
     monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/dev/fuse" else real_exists(p))
     with pytest.raises(ImgfsError, match="/dev/fuse"):
@@ -165,7 +165,7 @@ def test_missing_dev_fuse_is_reported(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("mode", [[], ["-f"]])
-def test_libfuse_refusal_is_one_clear_line(mode: list[str], tmp_path: Path, env: dict) -> None:
+def test_libfuse_refusal_is_one_clear_line(mode: list[str], tmp_path: Path, env: dict, need_fuse: None) -> None:
     mp = tmp_path / "mnt"
     mp.mkdir()
     res = cli("mount", *mode, "-o", "no_such_option", SEED, mp, env=env)

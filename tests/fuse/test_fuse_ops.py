@@ -104,6 +104,9 @@ def test_refusals_and_errors(caplog: pytest.LogCaptureFixture) -> None:
         fd, pos, n = ops.locate_read(fh, 4096, 2)
         assert os.pread(fd, n, pos) == b"ace\n"
         assert ops.locate_read(fh, 4096, 6)[2] == 0
+        with pytest.raises(OSError) as e:
+            ops.locate_read(fh, 10, -1)  # never what precedes the file in the archive
+        assert code(e) == errno.EINVAL
         ops.release(fh)
 
 

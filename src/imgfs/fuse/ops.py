@@ -42,7 +42,8 @@ def local_ino(key: bytes, ref: int) -> int:
 def _extent(tree: Tree, ref: int) -> tuple[int, int, int] | None:
     """(fd, offset, size) when a member's bytes lie as they are in a plain file (an uncompressed layer).
 
-    Reads then go straight from the archive into libfuse's buffer, with no copy through Python objects.
+    libfuse then reads them from the archive itself, with no copy through Python objects. This looks
+    into the engine's sources (slices of a FileSource); anything else is read through Tree.read.
     """
     li, i = ref >> SHIFT, ref & MASK
     idx, src = tree.indexes[li], tree.sources[li]
@@ -94,9 +95,7 @@ def _err(code: int) -> OSError:
 
 
 class ImgfsOps:
-    """Read-only operations on the mount; method names are those fusepy registers callbacks for."""
-
-    use_ns = True  # tells fusepy not to warn about float times (it never converts any for us)
+    """Read-only operations on the mount, named after the FUSE operations they answer."""
 
     def __init__(self, layout: Layout, archive_path: str, log: logging.Logger | None = None) -> None:
         self.layout = layout
@@ -240,6 +239,8 @@ class ImgfsOps:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         """Bytes of an open file; EIO (logged once) when the archive cannot serve them."""
         h = self._handles[fh]
+        if offset < 0:
+            raise _err(errno.EINVAL)
         if h.tree is None:
             return h.data[offset:offset + size]
         try:
@@ -251,6 +252,8 @@ class ImgfsOps:
     def locate_read(self, fh: int, size: int, offset: int) -> tuple[int, int, int] | bytes:
         """Where a read's bytes are: (fd, position, count) for libfuse to read itself, else the bytes."""
         h = self._handles[fh]
+        if offset < 0:
+            raise _err(errno.EINVAL)
         if h.fd < 0:
             return self.read(fh, size, offset)
         want = max(0, min(size, h.size - offset))
@@ -279,7 +282,7 @@ class ImgfsOps:
         """Unmounted: nothing is left to release here (the archive is closed by mount())."""
         self._handles.clear()
 
-    # -- every write is refused (fusepy registers a callback for each name defined here) ----
+    # -- every write is refused (the bridge answers EROFS itself; these are for direct callers) --
     def _erofs(self, *args: object) -> int:
         raise _err(errno.EROFS)
 
