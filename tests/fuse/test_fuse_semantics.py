@@ -6,7 +6,10 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,8 @@ ODD_LAYER = b"".join([
     member(b"secret", b"top secret", mode=0o000, uid=1000, gid=1000),
     pax({b"path": b"deep/" + b"d" * 150 + b"/long.txt"}),
     member(b"placeholder", b"long name"),
+    member(b"../escaped", b"outside"),
+    member(b"etc/../../../escaped2", b"outside"),
 ]) + END
 
 
@@ -155,6 +160,8 @@ def test_devices_xattrs_odd_names(mounter, odd_archive: Path) -> None:
     assert (stat.S_IMODE(secret.st_mode), secret.st_uid, secret.st_gid) == (0, 1000, 1000)
     assert (root / "secret").read_bytes() == b"top secret"
     assert (root / ("deep/" + "d" * 150 + "/long.txt")).read_bytes() == b"long name"
+    everything = [n for _, dirs, files in os.walk(root.parent) for n in dirs + files]
+    assert not [n for n in everything if n.startswith("escaped")]  # names climbing out are never shown
 
 
 def test_inodes_stable_unique_and_shared_by_hard_links(mounter) -> None:
@@ -199,10 +206,32 @@ def test_statfs_and_mount_options(seed: Path) -> None:
     assert "ro" in opts and "default_permissions" not in opts and "allow_other" not in opts
 
 
-def test_allow_other_adds_default_permissions(mounter) -> None:
-    mp = mounter(SEED, allow_other=True)
-    opts = mount_line(mp)[3].split(",")
-    assert "allow_other" in opts and "default_permissions" in opts
+def _read_as_nobody(path: Path) -> str:
+    """Read a file as uid/gid 65534: 'ok' or the error's name."""
+    res = subprocess.run(["cat", str(path)], user=65534, group=65534, extra_groups=[], capture_output=True)
+    if res.returncode == 0:
+        return "ok"
+    return "denied" if b"denied" in res.stderr else res.stderr.decode()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to read as another user")
+def test_other_users_get_exactly_what_modes_allow(mounter, tmp_path: Path) -> None:
+    truth = load_truth("meta.rootfs.umoci.jsonl")
+    public = next(p for p, r in truth.items() if r["type"] == "file" and r["mode"] == "0644" and p.count("/") == 2)
+    private = next(p for p, r in truth.items() if r["type"] == "file" and r["mode"] == "0000")
+    world = Path(tempfile.mkdtemp(prefix="imgfs-allow-other-"))  # pytest's tmp dirs are closed to others
+    try:
+        world.chmod(0o755)
+        alone = mounter(IMAGES / "meta.docker-oci.tar", mountpoint=world / "alone")
+        shared = mounter(IMAGES / "meta.docker-oci.tar", mountpoint=world / "shared", allow_other=True)
+        assert "allow_other" in mount_line(shared)[3].split(",") and "default_permissions" in mount_line(shared)[3]
+        assert _read_as_nobody(alone / "merged" / public.lstrip("/")) == "denied"  # only the mounting user
+        assert _read_as_nobody(shared / "merged" / public.lstrip("/")) == "ok"
+        assert _read_as_nobody(shared / "merged" / private.lstrip("/")) == "denied"  # mode 0000 means it
+        assert (shared / "merged" / private.lstrip("/")).read_bytes() is not None  # root still reads
+    finally:
+        mounter.cleanup()
+        shutil.rmtree(world, ignore_errors=True)
 
 
 def test_readdir_types_match_stat(seed: Path) -> None:
