@@ -133,12 +133,18 @@ class _Stderr:
     def __init__(self) -> None:
         # A file, not a pipe: libfuse -d can write a lot, and must never block on it.
         self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by release()
-        self.saved = os.dup(2)
+        try:
+            self.saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep
+            self.saved = -1
+            return
         os.dup2(self.file.fileno(), 2)
 
     def release(self) -> bytes:
         """Give stderr back; return what was written to it meanwhile."""
         if self.saved < 0:
+            if not self.file.closed:
+                self.file.close()
             return b""
         os.dup2(self.saved, 2)
         os.close(self.saved)
