@@ -172,11 +172,16 @@ class ImgfsOps:
         base_ino = node.ino - 1
         me = base_ino | local_ino(key, ref)
         out = [(b".", stat.S_IFDIR, me), (b"..", stat.S_IFDIR, me)]
-        nodes, kind_code = tree.nodes, tree.kind_code
+        nodes = tree.nodes
+        # The kind arrays of the tree's layers, indexed as kind_code() does, without a call per child.
+        kinds = [idx.kinds if idx is not None else b"" for idx in tree.indexes]
         cut = len(key) + 1 if key else 0
         for child in tree.child_paths(key):
             r = nodes[child]
-            out.append((child[cut:], IFMT[kind_code(r)], base_ino | (r + 2 if r >= 0 else _IMPLIED - r)))
+            if r >= 0:
+                out.append((child[cut:], IFMT.get(kinds[r >> SHIFT][r & MASK], stat.S_IFREG), base_ino | r + 2))
+            else:
+                out.append((child[cut:], stat.S_IFDIR, base_ino | _IMPLIED - r))
         return out
 
     def readlink(self, path: bytes) -> bytes:
