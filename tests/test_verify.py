@@ -40,3 +40,32 @@ def test_flipped_byte_is_reported_for_its_layer(name: str, tmp_path) -> None:
         bad = [c for c in verify_image(a.image()) if not c.ok]
     assert bad, "the flipped byte went unnoticed"
     assert all(c.what.startswith(f"layer {len(img.layers)}") for c in bad), [c.what for c in bad]
+
+
+def test_verified_layers_are_shared_between_archives_unverified_are_not(tmp_path, monkeypatch) -> None:
+    first, second = tmp_path / "first.tar", tmp_path / "second.tar"
+    shutil.copy(IMAGES / "seed.docker-oci.tar", first)
+    shutil.copy(IMAGES / "seed.docker-oci.tar", second)
+    cache = tmp_path / "cache"
+    with imgfs.open_archive(first, cache_dir=cache) as a:
+        want = {la.diff_id: list(la.index().names) for la in a.image().layers}
+
+    import imgfs.archive as archive_module
+
+    scans: list[object] = []
+    real_scan = archive_module.scan
+    monkeypatch.setattr(archive_module, "scan", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
+    with imgfs.open_archive(second, cache_dir=cache) as b:
+        for la in b.image().layers:
+            la.index()
+    # one scan of the outer archive, then one per layer
+    assert len(scans) == 1 + len(want), "an index claimed by another, unverified archive was trusted"
+
+    with imgfs.open_archive(first, cache_dir=cache) as a:
+        assert all(c.ok for c in verify_image(a.image()))
+    scans.clear()
+    third = tmp_path / "third.tar"
+    shutil.copy(IMAGES / "seed.docker-oci.tar", third)
+    with imgfs.open_archive(third, cache_dir=cache) as c:
+        got = {la.diff_id: list(la.index().names) for la in c.image().layers}
+    assert len(scans) == 1 and got == want  # only the outer archive was scanned

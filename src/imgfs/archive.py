@@ -315,19 +315,24 @@ class Archive:
         cb = self.progress
         return lambda done, total: cb(what, done, total)
 
+    def origin(self, member: str) -> str:
+        """Where a blob sits: this very archive file (path, device, inode, size, mtime) and its offset."""
+        return f"{self.identity}@{self.reader.slice(member).base}"
+
     def blob(self, member: str, digest: str | None = None) -> tuple[Source, str | None]:
         """The uncompressed bytes of a blob (random access) and the compression it had."""
         with self._lock:
             hit = self._blobs.get(member)
             if hit is None:
-                raw = self.reader.slice(member)
-                key = digest or f"{self.identity}:{raw.base}"
-                hit = open_stream(raw, self.store, key, self._scan_progress(f"decompressing {member}"))
+                # Seek points and zstd copies are keyed by where the blob sits, not by the digest the
+                # manifest claims: an archive that lies about a digest must not change what another shows.
+                hit = open_stream(self.reader.slice(member), self.store, self.origin(member),
+                                  self._scan_progress(f"decompressing {member}"))
                 self._blobs[member] = hit
             return hit
 
     def layer_index(self, member: str, digest: str | None = None, diff_id: str | None = None) -> MemberIndex:
-        """Index a layer blob once; the index is shared by images here and, through the cache, elsewhere."""
+        """Index a layer blob once; the index is shared by images here and, through the cache, later."""
         with self._lock:
             if member in self._indexes:
                 return self._indexes[member]
@@ -335,11 +340,11 @@ class Archive:
                 raise self._index_errors[member]
         try:
             src, _ = self.blob(member, digest)
-            idx = self._cached_index(src, diff_id) if diff_id else None
+            idx = self._cached_index(src, member, diff_id)
             if idx is None:
                 idx = scan(src, self._scan_progress(f"indexing {member}"))
-                if self.store is not None and diff_id:
-                    self.store.write("idx", diff_id, ".idx", dump_index(idx, src.size))
+                if self.store is not None:
+                    self.store.write("idx", self.origin(member), ".idx", dump_index(idx, src.size))
         except ImgfsError as e:
             with self._lock:
                 self._index_errors[member] = e
@@ -349,21 +354,32 @@ class Archive:
         with self._lock:
             return self._indexes.setdefault(member, idx)
 
-    def _cached_index(self, src: Source, diff_id: str) -> MemberIndex | None:
-        """The persisted index of a layer (keyed by its diff_id), if present and it fits `src`."""
+    def _cached_index(self, src: Source, member: str, diff_id: str | None) -> MemberIndex | None:
+        """A persisted index that fits `src`: one made from this very blob, or one of a verified diff_id.
+
+        Indexes are shared between archives only under a diff_id that `imgfs verify` has hashed: a diff_id
+        an archive merely claims could be a lie, and would let it change what another archive shows.
+        """
         if self.store is None:
             return None
-        data = self.store.read("idx", diff_id, ".idx")
-        if data is None:
-            return None
-        try:
-            idx, size = load_index(data)
-            if looks_right(idx, src, size, spot_check=not isinstance(src, GzipSource)):
-                return idx
-        except (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, ImgfsError):
-            pass
-        self.warn(f"cache: the index of {diff_id} is corrupt or does not fit; rebuilding it")
+        for key in ([diff_id] if diff_id else []) + [self.origin(member)]:
+            data = self.store.read("idx", key, ".idx")
+            if data is None:
+                continue
+            try:
+                idx, size = load_index(data)
+                if looks_right(idx, src, size, spot_check=not isinstance(src, GzipSource)):
+                    return idx
+            except (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, ImgfsError):
+                pass
+            self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
         return None
+
+    def share_verified(self, layer: Layer) -> None:
+        """Offer a layer's index to every archive, under its diff_id, once its content was hashed to it."""
+        if self.store is not None and layer.diff_id:
+            src = layer.source()
+            self.store.write("idx", layer.diff_id, ".idx", dump_index(layer.index(), src.size))
 
     def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
         """Images matching --image/--platform (host platform preferred among variants)."""

@@ -233,6 +233,8 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             end = data_off + data_len
             norm = normalize(full)
             bad = "climbs above the root" if norm is None else _bad_name(norm)
+            if not bad and link is not None and len(link) > PATH_MAX:
+                bad = f"link target longer than {PATH_MAX} bytes"
             if bad:
                 idx.skipped.append(f"{full[:200]!r}: {bad}")
             else:

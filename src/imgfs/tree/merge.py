@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..tarindex.reader import DIR, FILE, HARDLINK, SYMLINK, MemberIndex, normalize
+from ..tarindex.reader import DIR, FILE, HARDLINK, PATH_MAX, SYMLINK, MemberIndex, normalize
 from ..tarindex.source import Source
 from .tree import MASK, MAX_LINK_HOPS, SHIFT, Tree
 
@@ -89,6 +89,8 @@ class _Builder:
             if comp in (b"", b"."):
                 continue
             cand = cur + b"/" + comp if cur else comp
+            if len(cand) > PATH_MAX:
+                return None  # links that resolve to absurdly long paths: no directory is made for them
             ref = self.nodes.get(cand)
             if ref is None:
                 if not create:
@@ -140,7 +142,8 @@ class _Builder:
                     real = self.dir_path(d, create=False)
                     if real is not None:
                         self.remove(real + b"/" + b[4:] if real else b[4:])
-        deferred: dict[bytes, int] = {}  # hard links whose target comes later in the tar, by path
+        # Hard links whose target comes later in the tar: path -> (member, what the path and its parent held).
+        deferred: dict[bytes, tuple[int, int | None, bytes, int | None]] = {}
         nodes, kids = self.nodes, self.kids
         for i in range(len(names)):
             if i in markers:
@@ -148,8 +151,6 @@ class _Builder:
             name = names[i]
             k = kinds[i]
             ref = base | i
-            if deferred and name in deferred:
-                del deferred[name]  # a later entry at the same path wins over the pending link (rule 16)
             if name == b"":
                 if k == DIR:
                     nodes[b""] = ref
@@ -169,19 +170,21 @@ class _Builder:
                     nodes[name] = ref  # dir over dir: new attributes, children merge
                     continue
             parent = self.dir_path(d, create=True) if d else b""
+            if parent is None:
+                self.warnings.append(f"layer {li + 1}: {name[:200]!r} lies under a path too long to resolve; left out")
+                continue
             path = parent + b"/" + b if parent else b
             if k == HARDLINK:
                 if not self.link(path, ref, idx.links.get(i, b"")):
-                    deferred[name] = i
+                    deferred[path] = (i, nodes.get(path), parent, nodes.get(parent))
                 continue
             self.put(path, ref)
-        for name, i in deferred.items():
-            d, _, b = name.rpartition(b"/")
-            parent = self.dir_path(d, create=True) if d else b""
-            path = parent + b"/" + b if parent else b
+        for path, (i, held, parent, parent_held) in deferred.items():
+            if nodes.get(path) != held or nodes.get(parent) != parent_held:
+                continue  # a later entry of this layer overruled the link, or replaced its directory
             if not self.link(path, base | i, idx.links.get(i, b"")):
                 self.warnings.append(
-                    f"layer {li + 1}: hard link {name!r} -> {idx.links.get(i)!r}: target not found, left out")
+                    f"layer {li + 1}: hard link {names[i]!r} -> {idx.links.get(i)!r}: target not found, left out")
 
     def opaque(self, d: bytes) -> None:
         """Hide everything lower layers put in directory `d`; a symlink at `d` is not followed (rule 13)."""
@@ -257,5 +260,6 @@ def layer_tree(li: int, indexes: list[MemberIndex | None], sources: list[Source 
                     continue
                 d, _, name = idx.names[i].rpartition(b"/")
                 parent = b.dir_path(d, create=True) if d else b""
-                b.put(parent + b"/" + name if parent else name, target)
+                if parent is not None:
+                    b.put(parent + b"/" + name if parent else name, target)
     return b.finish(sources)

@@ -194,6 +194,8 @@ class Tree:
         if reason:
             raise FormatError(f"/{idx.names[i].decode('utf-8', 'backslashreplace')}: {reason}")
         length = idx.sizes[i]
+        if offset < 0:
+            raise ValueError("negative read offset")
         if offset >= length or size <= 0:
             return b""
         return src.pread(idx.offsets[i] + offset, min(size, length - offset))
