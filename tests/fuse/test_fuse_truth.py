@@ -88,23 +88,23 @@ def check_layer_dir(path: Path, members: list[dict]) -> list[str]:
     return problems + diff(want, got)
 
 
-def selected(archive_path: Path, platform: str | None = None) -> list[tuple[imgfs.Image, str]]:
+def selected(archive_path: Path, platform: str | None, cache: Path) -> list[tuple[imgfs.Image, str]]:
     """The images a mount shows and the directory each sits in ('' for a single image at the root)."""
-    with imgfs.open_archive(archive_path, use_cache=False) as a:
+    with imgfs.open_archive(archive_path, cache_dir=cache) as a:
         chosen = a.select(None, platform)
         names = [""] if len(chosen) == 1 else unique_names(chosen)
         return [(img, name) for img, name in zip(chosen, names, strict=True)]
 
 
 @pytest.mark.parametrize("archive", archives())
-def test_mount_matches_truth(archive: str, index: dict, mounter) -> None:
+def test_mount_matches_truth(archive: str, index: dict, mounter, index_cache: Path) -> None:
     entries = index[archive]["images"]
     members = layer_members(archive)
     seen_diff_ids = set()
     for platform in sorted({None} | {_platform(e) for e in entries if _platform(e) not in (None, "linux/amd64")},
                            key=str):
         mp = mounter(IMAGES / archive, platform=platform)
-        shown = selected(IMAGES / archive, platform)
+        shown = selected(IMAGES / archive, platform, index_cache)
         top_names = sorted(n for _, n in shown) if len(shown) > 1 else ["config.json", "layers", "manifest.json",
                                                                           "merged"]
         assert sorted(os.listdir(mp)) == top_names
