@@ -34,6 +34,10 @@ ODD_LAYER = b"".join([
     member(b"secret", b"top secret", mode=0o000, uid=1000, gid=1000),
     pax({b"path": b"deep/" + b"d" * 150 + b"/long.txt"}),
     member(b"placeholder", b"long name"),
+    pax({b"mtime": b"-1.5"}),
+    member(b"before-1970", b"old"),
+    pax({b"mtime": b"1700000000.25"}),
+    member(b"fraction", b"new"),
     member(b"../escaped", b"outside"),
     member(b"etc/../../../escaped2", b"outside"),
 ]) + END
@@ -160,6 +164,8 @@ def test_devices_xattrs_odd_names(mounter, odd_archive: Path) -> None:
     assert (stat.S_IMODE(secret.st_mode), secret.st_uid, secret.st_gid) == (0, 1000, 1000)
     assert (root / "secret").read_bytes() == b"top secret"
     assert (root / ("deep/" + "d" * 150 + "/long.txt")).read_bytes() == b"long name"
+    assert os.lstat(root / "before-1970").st_mtime_ns == -1_500_000_000
+    assert os.lstat(root / "fraction").st_mtime_ns == 1_700_000_000_250_000_000
     everything = [n for _, dirs, files in os.walk(root.parent) for n in dirs + files]
     assert not [n for n in everything if n.startswith("escaped")]  # names climbing out are never shown
 

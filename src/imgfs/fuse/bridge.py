@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -91,6 +92,7 @@ class Bridge:
             raise RuntimeError(err)
 
     def getattr(self, path: bytes, buf: Any) -> int:
+        """stat(): fill libfuse's struct stat in place."""
         ino, mode, nlink, uid, gid, rdev, size, mtime = self.operations.getattr(path)
         st = buf.contents
         st.st_ino = ino
@@ -101,7 +103,7 @@ class Bridge:
         st.st_rdev = rdev
         st.st_size = size
         st.st_blocks = (size + 511) >> 9
-        sec = int(mtime)
+        sec = math.floor(mtime)  # floor, not int(): a negative time still needs 0 <= tv_nsec < 1e9
         ts = fuse.c_timespec(sec, int((mtime - sec) * 1e9))
         st.st_mtimespec = ts
         st.st_atimespec = ts
@@ -109,9 +111,11 @@ class Bridge:
         return 0
 
     def fgetattr(self, path: bytes, buf: Any, fip: Any) -> int:
+        """fstat() of an open file: the same as stat() of its path."""
         return self.getattr(path, buf)
 
     def readdir(self, path: bytes, buf: Any, filler: Any, offset: int, fip: Any) -> int:
+        """Every entry with its type and inode (so find and ls need no stat per entry)."""
         st = fuse.c_stat()  # libfuse copies it, so one serves every entry
         for name, mode, ino in self.operations.readdir(path):
             st.st_mode = mode
@@ -121,16 +125,19 @@ class Bridge:
         return 0
 
     def readlink(self, path: bytes, buf: Any, bufsize: int) -> int:
+        """The target as stored, NUL-terminated and cut to the buffer."""
         target = self.operations.readlink(path)[:bufsize - 1] + b"\0"
         ctypes.memmove(buf, target, len(target))
         return 0
 
     def open(self, path: bytes, fip: Any) -> int:
+        """Open for reading; the handle goes in fi->fh."""
         fi = fip.contents
         fi.fh = self.operations.open(path, fi.flags)
         return 0
 
     def read_buf(self, path: bytes | None, bufp: Any, size: int, offset: int, fip: Any) -> int:
+        """Hand libfuse a buffer vector: (fd, position) for it to read, or bytes in malloc'd memory."""
         where = self.operations.locate_read(fip.contents.fh, size, offset)
         vec_addr = _libc.malloc(_BUFVEC_SIZE)  # libfuse frees the vector (and any memory buffer in it)
         if not vec_addr:
@@ -152,18 +159,22 @@ class Bridge:
         return 0
 
     def release(self, path: bytes | None, fip: Any) -> int:
+        """Close a handle."""
         return self.operations.release(fip.contents.fh)
 
     def statfs(self, path: bytes, buf: Any) -> int:
+        """statvfs() fields."""
         stv = buf.contents
         for key, val in self.operations.statfs(path).items():
             setattr(stv, key, val)
         return 0
 
     def access(self, path: bytes, amode: int) -> int:
+        """access(): read yes, write EROFS."""
         return self.operations.access(path, amode)
 
     def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        """One extended attribute, or its size when the caller passes no buffer."""
         data = self.operations.getxattr(path, name)
         if not value:  # a size query
             return len(data)
@@ -173,6 +184,7 @@ class Bridge:
         return len(data)
 
     def listxattr(self, path: bytes, namebuf: Any, size: int) -> int:
+        """The NUL-separated attribute names, or their size when the caller passes no buffer."""
         data = b"".join(n + b"\0" for n in self.operations.listxattr(path))
         if not namebuf:
             return len(data)
@@ -182,10 +194,13 @@ class Bridge:
         return len(data)
 
     def init(self, conn: Any) -> None:
+        """The mount is up."""
         self.operations.init()
 
     def destroy(self, private_data: Any) -> None:
+        """The mount is gone."""
         self.operations.destroy()
 
     def _erofs(self, *args: Any) -> int:
+        """Any write."""
         return -errno.EROFS
