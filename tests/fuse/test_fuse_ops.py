@@ -6,6 +6,8 @@ import errno
 import logging
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,8 @@ def test_fuse_options() -> None:
     assert fuse_options("a.tar", None, allow_other=True)["default_permissions"] is True
     with pytest.raises(imgfs.ImgfsError, match="read-only"):
         fuse_options("a.tar", "rw", allow_other=False)
+
+
+def test_importing_imgfs_fuse_does_not_load_libfuse() -> None:
+    code_ = "import sys, imgfs.fuse, imgfs.fuse.ops, imgfs.fuse.layout; assert 'fuse' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code_]).returncode == 0
