@@ -78,7 +78,8 @@ class Bridge:
     def __init__(self, ops: ImgfsOps, mountpoint: str, args: list[str]) -> None:
         self.operations = ops
         table = _Operations()
-        # No opendir/releasedir: libfuse then answers those itself, saving two Python calls a directory.
+        # No opendir/releasedir: libfuse answers those itself, saving two Python calls a directory. No
+        # flush: its first ENOSYS tells the kernel to stop sending one at every close().
         names = ("getattr", "fgetattr", "readlink", "open", "read_buf", "release", "readdir", "statfs", "access",
                  "getxattr", "listxattr", "init", "destroy") + _WRITES
         for name in names:
