@@ -16,7 +16,7 @@ import imgfs
 from conftest import IMAGES
 from imgfs.fuse.layout import Layout, dir_name, unique_names
 from imgfs.fuse.mounting import fuse_options
-from imgfs.fuse.ops import ImgfsOps, tree_stat
+from imgfs.fuse.ops import ImgfsOps
 
 
 def ops_for(archive: Path, **select: str) -> tuple[imgfs.Archive, ImgfsOps]:
@@ -47,7 +47,7 @@ def test_tree_stat_agrees_with_entry_for(name: str) -> None:
             for key, ref in tree.walk():
                 e = tree.entry_for(key, ref)
                 rdev = os.makedev(*e.device) if e.kind in ("char", "block") else 0
-                assert tree_stat(tree, ref) == (e.st_mode, e.nlink, e.uid, e.gid, rdev, e.size, e.mtime), key
+                assert tree.stat(ref) == (e.st_mode, e.nlink, e.uid, e.gid, rdev, e.size, e.mtime), key
 
 
 def test_inodes_are_unique_across_every_tree() -> None:

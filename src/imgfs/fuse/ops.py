@@ -16,7 +16,6 @@ import cachetools
 
 from ..errors import ImgfsError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK
-from ..tarindex.source import FileSource, SliceSource
 from ..tree import Tree
 from ..tree.tree import MASK, SHIFT
 from .layout import DIR as SKEL_DIR
@@ -39,25 +38,6 @@ def local_ino(key: bytes, ref: int) -> int:
     return ref + 2 if ref >= 0 else _IMPLIED - ref
 
 
-def _extent(tree: Tree, ref: int) -> tuple[int, int, int] | None:
-    """(fd, offset, size) when a member's bytes lie as they are in a plain file (an uncompressed layer).
-
-    libfuse then reads them from the archive itself, with no copy through Python objects. This looks
-    into the engine's sources (slices of a FileSource); anything else is read through Tree.read.
-    """
-    li, i = ref >> SHIFT, ref & MASK
-    idx, src = tree.indexes[li], tree.sources[li]
-    if idx is None or i in idx.broken:
-        return None
-    base = idx.offsets[i]
-    while isinstance(src, SliceSource):
-        base += src.base
-        src = src.parent
-    if not isinstance(src, FileSource) or src.fd < 0:
-        return None
-    return src.fd, base, idx.sizes[i]
-
-
 class _Handle:
     """An open file: where its bytes are, and its path for the one log line a failure gets."""
 
@@ -65,29 +45,8 @@ class _Handle:
 
     def __init__(self, tree: Tree | None, ref: int, path: bytes, data: bytes = b"") -> None:
         self.tree, self.ref, self.path, self.data = tree, ref, path, data
-        ext = _extent(tree, ref) if tree is not None else None
+        ext = tree.extent(ref) if tree is not None else None
         self.fd, self.base, self.size = ext or (-1, 0, len(data))
-
-
-def tree_stat(tree: Tree, ref: int) -> tuple[int, int, int, int, int, int, float]:
-    """(mode, nlink, uid, gid, rdev, size, mtime) of a tree entry: what Tree.entry_for says, without
-    building an Entry (the hot path of every lookup; tests hold the two equal on every fixture)."""
-    if ref < 0:
-        return stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0.0
-    i = ref & MASK
-    idx = tree.indexes[ref >> SHIFT]
-    assert idx is not None
-    k = idx.kinds[i]
-    if k == FILE:
-        size, nlink, rdev = idx.sizes[i], tree.nlinks.get(ref, 1), 0
-    elif k == DIR:
-        size, nlink, rdev = 0, 2, 0
-    elif k == SYMLINK:
-        size, nlink, rdev = len(idx.links.get(i, b"")), 1, 0
-    else:
-        dev = idx.devices.get(i)
-        size, nlink, rdev = 0, 1, os.makedev(*dev) if dev and k != FIFO else 0
-    return IFMT.get(k, stat.S_IFREG) | idx.modes[i], nlink, idx.uids[i], idx.gids[i], rdev, size, idx.mtime(i)
 
 
 def _err(code: int) -> OSError:
@@ -153,7 +112,7 @@ class ImgfsOps:
             if node.kind == SKEL_FILE:
                 return node.ino, stat.S_IFREG | 0o444, 1, self.uid, self.gid, 0, len(node.data), self.mtime
             return node.ino, stat.S_IFDIR | 0o555, 2, self.uid, self.gid, 0, 0, self.mtime
-        return (node.ino - 1 | local_ino(key, ref),) + tree_stat(tree, ref)
+        return (node.ino - 1 | local_ino(key, ref),) + tree.stat(ref)
 
     def readdir(self, path: bytes) -> list[tuple[bytes, int, int]]:
         """(name, type bits, inode) of '.', '..' and every child, sorted by name."""

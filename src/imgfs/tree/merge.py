@@ -142,8 +142,8 @@ class _Builder:
                     real = self.dir_path(d, create=False)
                     if real is not None:
                         self.remove(real + b"/" + b[4:] if real else b[4:])
-        # Hard links whose target comes later in the tar: path -> (member, what the path and its parent held).
-        deferred: dict[bytes, tuple[int, int | None, bytes, int | None]] = {}
+        # Hard links whose target comes later in the tar, by member name -> (member, resolved path).
+        deferred: dict[bytes, tuple[int, bytes]] = {}
         nodes, kids = self.nodes, self.kids
         for i in range(len(names)):
             if i in markers:
@@ -151,6 +151,8 @@ class _Builder:
             name = names[i]
             k = kinds[i]
             ref = base | i
+            if deferred:
+                self.overrule(deferred, name, k)
             if name == b"":
                 if k == DIR:
                     nodes[b""] = ref
@@ -176,15 +178,26 @@ class _Builder:
             path = parent + b"/" + b if parent else b
             if k == HARDLINK:
                 if not self.link(path, ref, idx.links.get(i, b"")):
-                    deferred[path] = (i, nodes.get(path), parent, nodes.get(parent))
+                    deferred[name] = (i, path)
                 continue
             self.put(path, ref)
-        for path, (i, held, parent, parent_held) in deferred.items():
-            if nodes.get(path) != held or nodes.get(parent) != parent_held:
-                continue  # a later entry of this layer overruled the link, or replaced its directory
+        for i, path in deferred.values():
             if not self.link(path, base | i, idx.links.get(i, b"")):
                 self.warnings.append(
                     f"layer {li + 1}: hard link {names[i]!r} -> {idx.links.get(i)!r}: target not found, left out")
+
+    @staticmethod
+    def overrule(deferred: dict[bytes, tuple[int, bytes]], name: bytes, kind: int) -> None:
+        """Drop pending hard links that a later entry of the layer overrules (rule 16, sequential order).
+
+        The same path, or anything below it, overrules the link; an entry above it does only when it is
+        not a directory (a directory restated over a directory replaces nothing).
+        """
+        for pending in list(deferred):
+            same_or_below = name == pending or name.startswith(pending + b"/")
+            replaces_parent = kind != DIR and (name == b"" or pending.startswith(name + b"/"))
+            if same_or_below or replaces_parent:
+                del deferred[pending]
 
     def opaque(self, d: bytes) -> None:
         """Hide everything lower layers put in directory `d`; a symlink at `d` is not followed (rule 13)."""
