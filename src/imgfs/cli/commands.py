@@ -126,7 +126,8 @@ def mount(args: argparse.Namespace, ui: Ui) -> int:
     """imgfs mount: a read-only FUSE view of the image."""
     _fuse().mount(args.archive, args.mountpoint, image=args.image, platform=args.platform,
                   foreground=args.foreground or args.debug, options=",".join(args.options) if args.options else None,
-                  allow_other=args.allow_other, debug=args.debug, log_file=args.log_file, warn=ui.warn)
+                  allow_other=args.allow_other, debug=args.debug, log_file=args.log_file, warn=ui.warn,
+                  cache_dir=cache_dir(args), use_cache=not args.no_cache)
     return 0
 
 
