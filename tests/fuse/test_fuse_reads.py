@@ -31,11 +31,12 @@ def test_many_threads_and_processes_read_correct_bytes(mounter) -> None:
     files = {mp / "merged" / p.lstrip("/"): r["sha256"] for p, r in truth.items() if r["type"] == "file"}
     big = max(files, key=lambda p: p.stat().st_size)
     work = [*files, *[big] * 8]  # different files, and the same one many times over
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    # 32 readers at once: 16 processes started first, then 16 threads while they run
+    procs = [subprocess.Popen(["sha256sum", str(big), *map(str, files)], stdout=subprocess.PIPE, text=True)
+             for _ in range(16)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
         got = list(pool.map(sha, work * 3))
     assert got == [files[p] for p in work * 3]
-    procs = [subprocess.Popen(["sha256sum", str(big), *map(str, files)], stdout=subprocess.PIPE, text=True)
-             for _ in range(6)]
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0
