@@ -465,14 +465,15 @@ class Phase:
     keep_index: bool
     drop_caches: bool  # page cache dropped before the mount and before the 1st read
     ops: tuple[str, ...]
+    requires: str | None = None  # skip the phase (a mount) when the image has no such case
 
 
 PHASES = (
     Phase("cold", False, False, ("ready", "trace", "find1", "find2", "cat1", "cat2", "rss")),
-    Phase("warm", True, False, ("ready", "trace", "rss")),
+    Phase("warm", True, False, ("ready", "trace", "find1", "rss")),
     Phase("disk", False, True, ("ready", "trace", "cat1")),
-    Phase("gz", False, False, ("ready", "gztail", "rss")),
-    Phase("gzwarm", True, False, ("ready", "gztail")),
+    Phase("gz", False, False, ("ready", "gztail", "rss"), requires="gztail"),
+    Phase("gzwarm", True, False, ("ready", "gztail"), requires="gztail"),
 )
 
 
@@ -484,9 +485,9 @@ def applicable(op: str, img: Image) -> bool:
 def run_phase(peer: Peer, img: Image, phase: Phase, work: Path, info: dict) -> dict[str, float]:
     """Open the peer once and time the phase's operations on it; returns {"phase.op": value}."""
     ops = [op for op in phase.ops if op in peer.ops and applicable(op, img)]
-    if phase.keep_index and not isinstance(peer, FusePeer):
+    if (phase.keep_index and not isinstance(peer, FusePeer)) or ops in ([], ["rss"]):
         return {}
-    if not [op for op in ops if op not in ("ready", "rss")]:
+    if phase.requires and not applicable(phase.requires, img):
         return {}
     if not phase.keep_index:
         peer.reset()
@@ -564,11 +565,13 @@ def commands(img: Image, imgfs: str | None, seeds: list[str], slow: bool) -> lis
     """The CLI cases for img, in order (a warm case relies on the cold one before it)."""
     q = shlex.quote(str(img.path))
     cases = [Command("cat IMAGE > /dev/null (raw read speed)", f"cat {q} > /dev/null")]
+    name = os.path.basename(img.trace) if img.trace else "no-such-name"  # without trace.log: a full walk
+    check = f" | grep -q {img.trace}" if img.trace else " > /dev/null"
+    for cold in (True, False) if imgfs else ():
+        state = "cold" if cold else "warm"
+        cases.append(Command(f"imgfs find IMAGE --name {name} (index {state})",
+                             f"{imgfs} find {q} --name {name}{check}", cold))
     if imgfs and img.trace:
-        for cold in (True, False):
-            state = "cold" if cold else "warm"
-            cases.append(Command(f"imgfs find IMAGE --name trace.log (index {state})",
-                                 f"{imgfs} find {q} --name trace.log | grep -q {img.trace}", cold))
         for cold in (True, False):
             state = "cold" if cold else "warm"
             cases.append(Command(f"imgfs cat IMAGE {img.trace} --layer -1 (index {state})",
@@ -676,9 +679,11 @@ ROWS = (  # (metric, label); seconds unless the label says otherwise
     ("cold.trace", "mount → trace.log copied out, cold"),
     ("warm.ready", "mount → `ls MNT` works, index kept from the cold mount"),
     ("warm.trace", "mount → trace.log copied out, index kept"),
+    ("disk.ready", "mount → `ls MNT` works, cold + page cache dropped"),
     ("disk.trace", "mount → trace.log copied out, cold + page cache dropped"),
     ("cold.find1", "`find TREE | wc -l`, 1st walk"),
     ("cold.find2", "`find TREE | wc -l`, 2nd walk"),
+    ("warm.find1", "`find TREE | wc -l`, 1st walk of a mount with the index kept"),
     ("cold.cat1", "`cat` 1 GiB file > /dev/null, 1st read (fresh mount)"),
     ("cold.cat2", "`cat` 1 GiB file > /dev/null, 2nd read"),
     ("disk.cat1", "`cat` 1 GiB file, 1st read, page cache dropped"),
