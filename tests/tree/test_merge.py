@@ -333,13 +333,39 @@ def test_deferred_hardlink_does_not_override_a_later_entry() -> None:
     assert content(t, "h") == b"later h"
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a hard link still waiting for its target is applied at the end "
-                                       "of the layer even when a later entry replaced its parent directory with a "
-                                       "file: the later file is destroyed and an implied directory takes its place")
-def test_later_file_over_the_parent_of_a_pending_hardlink_wins() -> None:
+def test_later_entry_overrules_a_pending_hardlink_by_replacing_its_parent() -> None:
+    # The later file 'a' replaces the directory the pending link 'a/h' was in.
     t = merge([D("a"), F("a/x", b"x")], [H("a/h", "t"), F("t", b"T"), F("a", b"now a file")])
     assert content(t, "a") == b"now a file"
     assert "a/h" not in paths(t)
+
+
+def test_later_entry_overrules_a_pending_hardlink_by_implying_it_as_a_parent() -> None:
+    # 'a/a' comes later and needs 'a' as a directory: the link waiting at 'a' is overruled, not applied on top.
+    t = merge([H("a", "a/a"), F("a/a", b"inner")])
+    assert content(t, "a/a") == b"inner" and kind(t, "a") == "dir"
+
+
+def test_later_symlink_overrules_a_pending_hardlink_in_the_directory_it_replaces() -> None:
+    # 'b' becomes a symlink to the file 'a': the link waiting at 'b/a' must not land through it on 'a'.
+    t = merge([H("b/a", "a"), F("a", b"file a"), S("b", "a")])
+    assert content(t, "a") == b"file a" and kind(t, "b") == "symlink"
+
+
+@pytest.mark.parametrize("lower", [[], [D("d")]], ids=["same-layer-dir", "lower-dir"])
+def test_pending_hardlink_survives_its_directory_restated(lower: list[Member]) -> None:
+    t = merge(*([lower] if lower else []), [D("d"), H("d/h", "t"), D("d", mode=0o700), F("t", b"T")])
+    assert content(t, "d/h") == b"T" and t.entry("d").mode == 0o700
+
+
+def test_pending_hardlink_survives_a_later_root_entry() -> None:
+    t = merge([H("h", "t"), D(".", mode=0o700), F("t", b"T")])
+    assert content(t, "h") == b"T" and t.entry("").mode == 0o700
+
+
+def test_pending_hardlink_yields_to_a_later_entry_below_it() -> None:
+    t = merge([D("a"), H("a", "t"), F("a/x", b"X"), F("t", b"T")])
+    assert content(t, "a/x") == b"X" and kind(t, "a") == "dir"
 
 
 def test_layer_view_resolves_hardlinks_to_lower_layers() -> None:

@@ -29,8 +29,6 @@ def test_read_at_offsets(tree: Tree, offset: int, size: int) -> None:
     assert got == CONTENT[offset:offset + max(size, 0)]
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: Tree.read with a negative offset reads the bytes before the "
-                                       "file's data (its tar header, or the previous member's content)")
 @pytest.mark.parametrize("offset", [-1, -512, -1024])
 def test_negative_offset_never_reads_outside_the_file(tree: Tree, offset: int) -> None:
     try:
