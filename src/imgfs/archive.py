@@ -83,8 +83,13 @@ class Layer:
 
     @property
     def digest(self) -> str | None:
-        """The blob digest (compressed, when the blob is)."""
-        return self.desc.digest
+        """The blob digest (compressed, when the blob is); an uncompressed blob's is its diff_id."""
+        if self.desc.digest:
+            return self.desc.digest
+        try:
+            return self.desc.diff_id if self.compression is None else None
+        except ImgfsError:
+            return None
 
     @property
     def diff_id(self) -> str | None:
@@ -107,15 +112,15 @@ class Layer:
     @property
     def compression(self) -> str | None:
         """'gzip', 'zstd' or None, from the blob's magic bytes."""
-        return self.image.archive.blob(self.member, self.digest)[1]
+        return self.image.archive.blob(self.member)[1]
 
     def index(self) -> MemberIndex:
         """The layer's member index (scanned once, shared by every image and archive using the layer)."""
-        return self.image.archive.layer_index(self.member, self.digest, self.diff_id)
+        return self.image.archive.layer_index(self.member, self.diff_id)
 
     def source(self) -> Source:
         """The layer's uncompressed bytes."""
-        return self.image.archive.blob(self.member, self.digest)[0]
+        return self.image.archive.blob(self.member)[0]
 
     def tree(self) -> Tree:
         """The layer as its tar holds it, whiteout markers included."""
@@ -281,15 +286,15 @@ class Archive:
         self.outer, self.outer_compression = open_stream(self.file, self.store, self.identity,
                                                          self._scan_progress("decompressing archive"))
         self.index = scan(self.outer, self._scan_progress("reading archive"))
-        if self.index.error:
-            self.warn(self.index.error)
         self.reader = _OuterReader(self.outer, self.index)
         try:
             self.kind, descs = formats.describe(self.reader)
-        except FormatError as e:
+        except FormatError:
             if self.index.error:  # the real cause is the damage, not what it left out
-                raise FormatError(f"damaged or truncated archive ({self.index.error}); {e}") from None
+                raise FormatError(f"damaged or truncated archive: {self.index.error}") from None
             raise
+        if self.index.error:
+            self.warn(f"damaged or truncated archive: {self.index.error}")
         if self.outer_compression:
             self.kind += "+" + self.outer_compression
         self.images = [Image(self, d) for d in descs]
@@ -319,7 +324,7 @@ class Archive:
         """Where a blob sits: this very archive file (path, device, inode, size, mtime) and its offset."""
         return f"{self.identity}@{self.reader.slice(member).base}"
 
-    def blob(self, member: str, digest: str | None = None) -> tuple[Source, str | None]:
+    def blob(self, member: str) -> tuple[Source, str | None]:
         """The uncompressed bytes of a blob (random access) and the compression it had."""
         with self._lock:
             hit = self._blobs.get(member)
@@ -331,7 +336,7 @@ class Archive:
                 self._blobs[member] = hit
             return hit
 
-    def layer_index(self, member: str, digest: str | None = None, diff_id: str | None = None) -> MemberIndex:
+    def layer_index(self, member: str, diff_id: str | None = None) -> MemberIndex:
         """Index a layer blob once; the index is shared by images here and, through the cache, later."""
         with self._lock:
             if member in self._indexes:
@@ -339,7 +344,7 @@ class Archive:
             if member in self._index_errors:
                 raise self._index_errors[member]
         try:
-            src, _ = self.blob(member, digest)
+            src, _ = self.blob(member)
             idx = self._cached_index(src, member, diff_id)
             if idx is None:
                 idx = scan(src, self._scan_progress(f"indexing {member}"))

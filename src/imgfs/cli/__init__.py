@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", metavar="PATH", nargs="+", help="file or directory in the image ('/' for everything)")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="destination directory (created if missing)")
     p = add("mount", "mount the image read-only with FUSE: layers/<name>/ and merged/",
-            [_parent("common", "archive")], commands.mount)
+            [_parent("common", "cache", "archive")], commands.mount)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     p.add_argument("--image", metavar="REF", help=SELECT_HELP)
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="pick the image of this platform")

@@ -43,6 +43,11 @@ def _num(field: bytes) -> int:
         raise FormatError(f"bad number {text[:20]!r} in a tar header") from None
 
 
+def show(name: bytes) -> str:
+    """A member name for a message: decoded, undecodable bytes escaped."""
+    return name.decode("utf-8", "backslashreplace")
+
+
 def _signed_checksum(block: bytes) -> int:
     """The header checksum as old tars computed it, with signed bytes."""
     body = block[:148] + b"        " + block[156:]
@@ -236,7 +241,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             if not bad and link is not None and len(link) > PATH_MAX:
                 bad = f"link target longer than {PATH_MAX} bytes"
             if bad:
-                idx.skipped.append(f"{full[:200]!r}: {bad}")
+                idx.skipped.append(f"{show(full[:200])}: {bad}")
             else:
                 i = len(names)
                 add_name(norm)
@@ -258,7 +263,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 if end > total:
                     idx.broken[i] = "the member's data is cut off (truncated archive)"
             if end > total:
-                raise TruncatedError(f"member {full[-80:]!r} at offset {off} runs past the end of the data")
+                raise TruncatedError(f"member {show(full[-80:])} at offset {off} runs past the end of the data")
             off = data_off + _skip(data_len)
             if progress is not None and off >= next_progress:
                 progress(off, total)

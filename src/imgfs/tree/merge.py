@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..tarindex.reader import DIR, FILE, HARDLINK, PATH_MAX, SYMLINK, MemberIndex, normalize
+from ..tarindex.reader import DIR, FILE, HARDLINK, PATH_MAX, SYMLINK, MemberIndex, normalize, show
 from ..tarindex.source import Source
 from .tree import MASK, MAX_LINK_HOPS, SHIFT, Tree
 
 WH = b".wh."
 OPAQUE = b".wh..wh..opq"
 AUFS_META = b".wh..wh."
+
+
+def _missing_link(li: int, name: bytes, target: bytes) -> str:
+    return f"layer {li + 1}: hard link /{show(name)} -> {show(target)}: target not found, left out"
 
 
 class _Builder:
@@ -137,7 +141,7 @@ class _Builder:
                 elif b.startswith(AUFS_META):
                     continue  # AUFS bookkeeping (.wh..wh.plnk ...): never shown, no effect
                 elif b in (WH, b".wh..", b".wh..."):
-                    self.warnings.append(f"layer {li + 1}: invalid whiteout {name!r} ignored")
+                    self.warnings.append(f"layer {li + 1}: invalid whiteout /{show(name)} ignored")
                 else:
                     real = self.dir_path(d, create=False)
                     if real is not None:
@@ -173,7 +177,7 @@ class _Builder:
                     continue
             parent = self.dir_path(d, create=True) if d else b""
             if parent is None:
-                self.warnings.append(f"layer {li + 1}: {name[:200]!r} lies under a path too long to resolve; left out")
+                self.warnings.append(f"layer {li + 1}: /{show(name[:200])} lies under a path too long to resolve")
                 continue
             path = parent + b"/" + b if parent else b
             if k == HARDLINK:
@@ -183,8 +187,7 @@ class _Builder:
             self.put(path, ref)
         for i, path in deferred.values():
             if not self.link(path, base | i, idx.links.get(i, b"")):
-                self.warnings.append(
-                    f"layer {li + 1}: hard link {names[i]!r} -> {idx.links.get(i)!r}: target not found, left out")
+                self.warnings.append(_missing_link(li, names[i], idx.links.get(i, b"")))
 
     @staticmethod
     def overrule(deferred: dict[bytes, tuple[int, bytes]], name: bytes, kind: int) -> None:
@@ -269,7 +272,7 @@ def layer_tree(li: int, indexes: list[MemberIndex | None], sources: list[Source 
             for i in missing:
                 target = refs.get(base | i)
                 if target is None:
-                    b.warnings.append(f"layer {li + 1}: hard link {idx.names[i]!r}: target not found, left out")
+                    b.warnings.append(_missing_link(li, idx.names[i], idx.links.get(i, b"")))
                     continue
                 d, _, name = idx.names[i].rpartition(b"/")
                 parent = b.dir_path(d, create=True) if d else b""
