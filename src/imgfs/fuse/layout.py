@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..archive import Archive, Image
 from ..errors import ImgfsError
@@ -26,6 +27,7 @@ class Node:
     data: bytes = b""
     load: Callable[[], Tree] | None = None
     tree: Tree | None = None
+    mtime: float | None = None  # for a tree whose root no layer describes: when its layer was made
 
     def get_tree(self) -> Tree:
         """The tree mounted here, built on first access (the engine keeps it)."""
@@ -34,6 +36,21 @@ class Node:
             assert self.load is not None
             tree = self.tree = self.load()
         return tree
+
+
+def _timestamp(created: str | None) -> float | None:
+    """Seconds since the epoch of a history 'created' time (RFC 3339, nanoseconds allowed), or None."""
+    if not created:
+        return None
+    text = created.strip().replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # Python takes at most microseconds: drop the extra digits of Go's nanoseconds
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = head + "." + rest[:min(digits, 6)] + rest[digits:]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def dir_name(label: str) -> str:
@@ -105,9 +122,9 @@ class Layout:
         self.nodes[path] = node
         return node
 
-    def _tree(self, path: bytes, load: Callable[[], Tree]) -> None:
+    def _tree(self, path: bytes, load: Callable[[], Tree], created: str | None = None) -> None:
         self.tree_count += 1
-        node = Node(TREE, self.tree_count << TREE_SHIFT | 1, load=load)
+        node = Node(TREE, self.tree_count << TREE_SHIFT | 1, load=load, mtime=_timestamp(created))
         self.nodes[path] = node
 
     def _image(self, base: bytes, archive: Archive, img: Image) -> None:
@@ -117,7 +134,7 @@ class Layout:
         self._add(base + b"/layers", DIR)
         for layer in img.layers:
             self._tree(base + b"/layers/" + os.fsencode(layer.name),
-                       lambda pos=layer.position: img.layer_tree(pos))
+                       lambda pos=layer.position: img.layer_tree(pos), layer.created)
 
     def _finish_dirs(self) -> None:
         """Create the implied directories (the root, image dirs) and fill every child list."""

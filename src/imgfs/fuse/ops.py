@@ -112,7 +112,10 @@ class ImgfsOps:
             if node.kind == SKEL_FILE:
                 return node.ino, stat.S_IFREG | 0o444, 1, self.uid, self.gid, 0, len(node.data), self.mtime
             return node.ino, stat.S_IFDIR | 0o555, 2, self.uid, self.gid, 0, 0, self.mtime
-        return (node.ino - 1 | local_ino(key, ref),) + tree.stat(ref)
+        st = tree.stat(ref)
+        if not key and ref < 0:  # a layer with no '.' entry: date its directory by the layer's creation
+            st = st[:6] + (node.mtime if node.mtime is not None else self.mtime,)
+        return (node.ino - 1 | local_ino(key, ref),) + st
 
     def readdir(self, path: bytes) -> list[tuple[bytes, int, int]]:
         """(name, type bits, inode) of '.', '..' and every child, sorted by name."""

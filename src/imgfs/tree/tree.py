@@ -226,6 +226,17 @@ class Tree:
             cur.append(comp)
         return b"/".join(cur)
 
+    def file(self, path: bytes | str) -> int:
+        """The reference of the regular file at `path` (symlinks followed inside the root); NotFoundError if none."""
+        key = self.resolve(path)
+        ref = self.nodes.get(key) if key is not None else None
+        shown = split_path(path).decode("utf-8", "backslashreplace")
+        if ref is None:
+            raise NotFoundError(f"/{shown}: no such file")
+        if self.kind_code(ref) != FILE:
+            raise NotFoundError(f"/{shown}: not a regular file")
+        return ref
+
     # -- content --------------------------------------------------------------------------
     def read(self, ref: int, offset: int, size: int) -> bytes:
         """Up to `size` bytes of a regular file's content from `offset`."""
