@@ -3,5 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+shared=${IMGFS_SHARED:-$(cd .. && pwd)/shared}
+if [ ! -f "$shared/fixtures/truth/INDEX.json" ]; then
+    echo "test: the image fixtures are missing: expected $shared/fixtures (set IMGFS_SHARED=DIR to the folder holding fixtures/)" >&2
+    exit 1
+fi
+export IMGFS_SHARED="$shared"
 .venv/bin/ruff check src tests scripts
 .venv/bin/python -m pytest -q "$@"
