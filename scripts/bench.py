@@ -623,17 +623,18 @@ def bench_image(img: Image, peers: list[Peer], cmds: list[Command], runs: int, w
                 phases: tuple[Phase, ...]) -> None:
     """Each run times every peer and command once, interleaved so drift hits all columns alike.
 
-    Phases that drop the page cache come last in a run; the next run starts by warming it again."""
+    Phases that drop the page cache come last in a run, so they cannot leave the others a cold cache."""
     res.info.setdefault(img.name, {"entries": img.entries, "gz file": img.gz_file})
     for run in range(runs):
         load = Path("/proc/loadavg").read_text()[:14]
         res.info[img.name].setdefault("loadavg per run", []).append(load)
         log(f"{img.name}: run {run + 1}/{runs} (loadavg {load})")
-        prewarm(img, peers)
         for peer in peers:
             for phase in phases:
                 if not phase.drop_caches:
+                    prewarm(img, peer)
                     measure(peer, img, phase, run, work, res)
+        prewarm(img, None)
         for c in cmds:
             res.add(img.name, "commands", c.name, run_command(c, img, work, work / "cli-cache"))
             log(f"  {c.name}: {res.values[img.name]['commands'][c.name][-1]:.3f} s")
@@ -643,12 +644,15 @@ def bench_image(img: Image, peers: list[Peer], cmds: list[Command], runs: int, w
                     measure(peer, img, phase, run, work, res)
 
 
-def prewarm(img: Image, peers: list[Peer]) -> None:
-    """Read the image, and any extracted tree, into the page cache (the warm-cache phases assume it)."""
-    sh(f"cat {shlex.quote(str(img.path))} > /dev/null")
-    for peer in peers:
-        if isinstance(peer, LocalDisk) and img.source in peer.trees:
+def prewarm(img: Image, peer: Peer | None) -> None:
+    """Read the image, or the peer's extracted tree, into the page cache right before a warm-cache phase.
+
+    Once is not enough: this VM pages out page cache untouched for ~60 s (a DAMON pageout scheme)."""
+    if isinstance(peer, LocalDisk):
+        if img.source in peer.trees:
             sh(f"find {shlex.quote(str(peer.trees[img.source]))} -type f -print0 | xargs -0r cat > /dev/null")
+    else:
+        sh(f"cat {shlex.quote(str(img.path))} > /dev/null")
 
 
 def measure(peer: Peer, img: Image, phase: Phase, run: int, work: Path, res: Results) -> None:
