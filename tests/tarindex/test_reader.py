@@ -213,6 +213,12 @@ def test_tarfile_written_xattrs_agree() -> None:
     assert one(data)["xattrs"] == {"user.a": b"one", "user.b": b"two"}
 
 
+@pytest.mark.parametrize("flag", [b"x", b"X"], ids=["posix", "solaris"])
+def test_pax_extended_header_type_flags(flag: bytes) -> None:
+    data = pax({b"path": b"from-pax", b"uid": b"42"}, typeflag=flag) + member(b"hdr", b"d") + END
+    assert (one(data)["name"], one(data)["uid"], one(data)["data"]) == (b"from-pax", 42, b"d")
+
+
 def test_pax_header_applies_to_one_member_only() -> None:
     data = pax({b"path": b"renamed", b"uid": b"7"}) + member(b"a", b"1") + member(b"b", b"2") + END
     view = imgfs_view(data)
