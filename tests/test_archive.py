@@ -95,6 +95,7 @@ def test_warm_cache_gives_the_same_tree(opened: dict[str, Archive], name: str, i
 
 # -- (b) raw layer members -----------------------------------------------------------------------------
 def _member_records(layer: imgfs.Layer) -> list[dict]:
+    """imgfs's view of a layer's members in the truth schema, content hashed through the source."""
     idx = layer.index()
     src = layer.source()
     out = []
@@ -121,6 +122,7 @@ def _member_records(layer: imgfs.Layer) -> list[dict]:
 
 
 def _truth_records(members: list[dict]) -> list[dict]:
+    """The truth's members in the same shape (names cleaned, raw bytes where the truth has base64)."""
     out = []
     for m in members:
         r = {"name": truth_name(m), "type": m["type"], "size": m["size"], "mode": m["mode"], "uid": m["uid"],
@@ -201,6 +203,7 @@ def _history_sources(image_json: str) -> list[str]:
 
 
 def _valid_file_name(n: str) -> bool:
+    """Whether `n` can be a directory entry: 1-255 bytes, no '/', no NUL, not '.' or '..'."""
     raw = n.encode("utf-8")
     return 0 < len(raw) <= 255 and b"/" not in raw and b"\0" not in raw and n not in (".", "..")
 
@@ -241,6 +244,7 @@ def test_the_trace_log_layer_is_named_after_it(opened: dict[str, Archive], name:
 
 # -- (d) image selection -----------------------------------------------------------------------------------
 def _host() -> str:
+    """This machine's architecture in OCI spelling (amd64, arm64, ...)."""
     m = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
 
@@ -320,6 +324,7 @@ def test_archive_kind(opened: dict[str, Archive], name: str, index: dict) -> Non
 
 # -- the persisted cache: one archive must never change what another one shows ------------------------------
 def _tree_files(path: Path, **kw: object) -> dict[bytes, bytes]:
+    """Path -> content of every regular file in the archive's merged tree."""
     with imgfs.open_archive(path, **kw) as a:
         tree = a.image().merged()
         return {p: b"".join(tree.read_all(r)) for p, r in tree.walk() if tree.entry_for(p, r).kind == "file"}

@@ -67,6 +67,7 @@ def archives(draw: st.DrawFn) -> bytes:
                                                    "vnd.docker.reference.type"]) | TEXT, _maybe(TEXT), max_size=2)
 
     def descriptor(digests: list[str]) -> st.SearchStrategy:
+        """OCI descriptors pointing mostly at `digests`."""
         return st.fixed_dictionaries({"digest": _pick(digests, ODD_DIGESTS)}, optional={
             "mediaType": JSON, "size": JSON, "platform": _maybe(platform), "annotations": _maybe(annotations)})
 

@@ -50,6 +50,7 @@ def base256(value: int, width: int) -> bytes:
 
 
 def _field(value: int | bytes, width: int) -> bytes:
+    """A numeric header field: octal digits for an int, raw bytes as given, NUL-padded to `width`."""
     raw = octal(value, width) if isinstance(value, int) else value
     assert len(raw) <= width, (raw, width)
     return raw.ljust(width, b"\0")
@@ -103,6 +104,7 @@ def pax(records: dict[bytes, bytes] | Iterable[tuple[bytes, bytes]], typeflag: b
 
 # -- through tarfile ----------------------------------------------------------------------------
 def _info(name: str, kind: bytes, mode: int, uid: int, gid: int, mtime: float) -> tarfile.TarInfo:
+    """A TarInfo with the common attributes set."""
     ti = tarfile.TarInfo(name)
     ti.type, ti.mode, ti.uid, ti.gid, ti.mtime = kind, mode, uid, gid, mtime
     return ti
@@ -184,6 +186,7 @@ def config_for(layers: list[bytes], history: list[dict] | None = None, **extra: 
 
 
 def _raw(data: bytes | dict | list | str) -> bytes:
+    """Member bytes: bytes as they are, text as UTF-8 (lone surrogates kept), anything else as JSON."""
     if isinstance(data, bytes):
         return data
     return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else json.dumps(data).encode()

@@ -14,6 +14,7 @@ from tarindex.tarmaker import END, BytesSource, D, F, H, header, member, pax, ta
 
 
 def _seeds() -> list[bytes]:
+    """Valid tars to mutate: GNU and PAX made by tarfile, and one made header by header."""
     long = "d" * 120 + "/" + "n" * 130
     link = tarfile.TarInfo("sym")
     link.type, link.linkname = tarfile.SYMTYPE, "t" * 150

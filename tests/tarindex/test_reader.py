@@ -88,7 +88,9 @@ def one(data: bytes) -> dict:
 
 
 def _every_kind() -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """One member of every entry type, with distinctive attributes."""
     def info(name: str, kind: bytes, **kw: object) -> tarfile.TarInfo:
+        """A TarInfo of `kind` with attributes set from keywords."""
         ti = tarfile.TarInfo(name)
         ti.type = kind
         for k, v in kw.items():

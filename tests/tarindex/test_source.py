@@ -38,6 +38,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
 
 
 def _read_all(opener: Opener, blob: bytes) -> tuple[bytes, str | None]:
+    """All the uncompressed bytes an opener serves for `blob`, and the compression it found."""
     src, kind = opener(blob)
     return src.pread(0, src.size), kind
 
@@ -49,6 +50,7 @@ def _split_gzip(data: bytes, cuts: list[int]) -> bytes:
 
 
 def _split_zstd(data: bytes, cuts: list[int]) -> bytes:
+    """`data` as several concatenated zstd frames."""
     bounds = [0, *cuts, len(data)]
     c = zstandard.ZstdCompressor()
     return b"".join(c.compress(data[a:b]) for a, b in zip(bounds, bounds[1:], strict=False))

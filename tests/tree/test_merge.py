@@ -105,6 +105,7 @@ def test_aufs_hardlink_directory_contents_are_never_shown() -> None:
 
 
 def _markers_of_every_type() -> list[Member]:
+    """Whiteout and opaque markers as a directory, a symlink and files."""
     link = tarfile.TarInfo("etc/.wh.passwd")
     link.type, link.linkname = tarfile.SYMTYPE, "elsewhere"
     return [D(".wh.dirmarker"), (link, None), F("data/.wh..wh..opq"), F(".wh.nothing")]

@@ -48,6 +48,7 @@ class Op:
 
 
 def _parent(path: str) -> str:
+    """The parent path ('' for a top-level name)."""
     return path.rpartition("/")[0]
 
 
@@ -58,17 +59,21 @@ class Reference:
         self.nodes: dict[str, Rec] = {"": Rec("dir")}
 
     def isdir(self, path: str) -> bool:
+        """Whether `path` holds a directory."""
         return path in self.nodes and self.nodes[path].kind == "dir"
 
     def remove(self, path: str) -> None:
+        """Remove `path` and everything below it."""
         for p in [p for p in self.nodes if p == path or p.startswith(path + "/")]:
             del self.nodes[p]
 
     def clear(self, d: str) -> None:
+        """Remove everything below directory `d`, keeping `d`."""
         for p in [p for p in self.nodes if p and p != d and (not d or p.startswith(d + "/"))]:
             del self.nodes[p]
 
     def mkparents(self, path: str) -> None:
+        """Make every parent of `path` a directory: missing or non-directory ones become implied (rule 15)."""
         cur = ""
         for comp in path.split("/")[:-1]:
             cur = f"{cur}/{comp}" if cur else comp
@@ -77,17 +82,20 @@ class Reference:
                 self.nodes[cur] = Rec("dir")  # implied: 0755 root:root, mtime 0
 
     def put(self, path: str, rec: Rec) -> None:
+        """Set `path`: dir over dir keeps the children, anything else replaces the subtree (rule 14)."""
         old = self.nodes.get(path)
         if old is not None and not (old.kind == "dir" and rec.kind == "dir"):
             self.remove(path)
         self.nodes[path] = rec
 
     def link_target(self, target: str) -> Rec | None:
+        """The file record a hard link to `target` shares now, or None."""
         rec = self.nodes.get(target)
         parent_ok = _parent(target) == "" or self.isdir(_parent(target))
         return rec if parent_ok and rec is not None and rec.kind == "file" else None
 
     def apply(self, li: int, ops: list[Op]) -> None:
+        """Apply one layer's operations, in tar order, with the rules above."""
         for op in ops:  # rules 8-10: markers act on the lower layers only, in any order
             if op.kind == "opaque" and self.isdir(op.path):
                 self.clear(op.path)
@@ -129,14 +137,17 @@ class Reference:
 
 
 def _mtime(li: int, i: int) -> int:
+    """The mtime given to member `i` of layer `li` (unique, so replacements show)."""
     return 1000 * (li + 1) + i
 
 
 def _data(li: int, i: int) -> bytes:
+    """The content given to member `i` of layer `li` (unique, so every read is traceable)."""
     return f"layer {li} member {i}".encode()
 
 
 def _member(li: int, i: int, op: Op) -> Member:
+    """The tar member for one generated operation."""
     if op.kind == "file":
         return F(op.path, _data(li, i), mode=op.mode, uid=op.uid, mtime=_mtime(li, i))
     if op.kind == "dir":
