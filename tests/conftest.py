@@ -17,6 +17,16 @@ TRUTH = FIXTURES / "truth"
 IN_CI = bool(os.environ.get("CI"))
 
 
+def fuzz_examples(n: int) -> int:
+    """A property test's example budget: n in CI, times $IMGFS_FUZZ_SCALE for a longer run."""
+    return n * max(1, int(os.environ.get("IMGFS_FUZZ_SCALE", "1")))
+
+
+def fuzz_derandomize() -> bool:
+    """Fixed examples in CI; a longer run ($IMGFS_FUZZ_SCALE > 1) explores new ones each time."""
+    return os.environ.get("IMGFS_FUZZ_SCALE", "1") == "1"
+
+
 def truth_index() -> dict:
     """INDEX.json of the fixtures: archive name -> format, images and their truth files."""
     path = TRUTH / "INDEX.json"

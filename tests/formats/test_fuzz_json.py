@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import imgfs
+from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.errors import ImgfsError
 from tarindex.tarmaker import OPQ, WH, ArchiveBuilder, D, F, H, S, digest_of, tar_of
 
@@ -127,7 +128,7 @@ def _exercise(data: bytes) -> None:
                 a.image()
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
+@settings(max_examples=fuzz_examples(150), deadline=None, derandomize=fuzz_derandomize(),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.large_base_example, HealthCheck.data_too_large])
 @given(archives())
 def test_random_documents_open_or_raise_imgfs_error(data: bytes) -> None:

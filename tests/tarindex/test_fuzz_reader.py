@@ -7,6 +7,7 @@ import tarfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.errors import ImgfsError
 from imgfs.tarindex import scan
 from imgfs.tree import layer_tree, merged_tree
@@ -105,13 +106,14 @@ def _exercise(data: bytes) -> None:
             t.resolve(path)
 
 
-@settings(max_examples=300, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(300), deadline=2000, derandomize=fuzz_derandomize(),
+          suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_tars())
 def test_mutated_tars_give_an_index_or_an_imgfs_error(data: bytes) -> None:
     _exercise(data)
 
 
-@settings(max_examples=100, deadline=2000, derandomize=True)
+@settings(max_examples=fuzz_examples(100), deadline=2000, derandomize=fuzz_derandomize())
 @given(st.binary(max_size=4096))
 def test_arbitrary_bytes_give_an_index_or_an_imgfs_error(data: bytes) -> None:
     _exercise(data)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.tree import Tree, merged_tree
 from tarindex.tarmaker import OPQ, WH, BytesSource, D, F, H, Member, S, index_of, tar_of
 
@@ -208,8 +209,8 @@ def model_view(ref: Reference) -> tuple[dict[str, tuple], set[frozenset[str]]]:
     return view, {frozenset(g) for g in members.values() if len(g) > 1}
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
-                                                                                      HealthCheck.filter_too_much])
+@settings(max_examples=fuzz_examples(400), deadline=None, derandomize=fuzz_derandomize(),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(stacks)
 def test_merged_tree_matches_the_reference(layers: list[list[Op]]) -> None:
     ref = Reference()
@@ -245,7 +246,8 @@ free_links = st.builds(Op, st.just("symlink"), paths,
 free_stacks = st.lists(st.lists(st.one_of(ops, free_links, free_links), max_size=10), min_size=1, max_size=4)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_examples(300), deadline=None, derandomize=fuzz_derandomize(),
+          suppress_health_check=[HealthCheck.too_slow])
 @given(free_stacks)
 def test_tree_invariants_with_symlinked_parents(layers: list[list[Op]]) -> None:
     datas = [tar_of([_member(li, i, op) for i, op in enumerate(layer)]) for li, layer in enumerate(layers)]
