@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import platform
@@ -29,7 +30,9 @@ SEED_DIR = Path("/work/shared/bench")
 VENV_BIN = Path("/work/venv-dev/bin")
 # image name -> (file in --imgdir, family, has manifest.json); the family is the images.json entry of the tree
 IMAGES = {"big": ("big.tar", "big", True), "big-oci-gzip": ("big-oci-gzip.tar", "big", False),
-          "big.tar.gz": ("big.tar.gz", "big", True), "many": ("many.tar", "many", True)}
+          "big.tar.gz": ("big.tar.gz", "big", True), "many": ("many.tar", "many", True),
+          "million": ("million.tar", "million", True)}
+MILLION = 1_000_000  # entries of the generated "million" image (made by this script, not make_images.py)
 TAIL_BYTES = 1 << 20
 MOUNT_TIMEOUT = 900.0
 MiB = 1 << 20
@@ -62,9 +65,50 @@ def layer_entries(stats: dict) -> int:
     return sum(s.get("entries", sum(s.get(k, 0) for k in kinds)) for s in stats.values())
 
 
+def _header(name: bytes, size: int, kind: bytes) -> bytes:
+    """One ustar header block, as Go's archive/tar writes it for plain names."""
+    mode = b"0000755" if kind == b"5" else b"0000644"
+    h = bytearray(name.ljust(100, b"\0") + mode + b"\0" + b"0000000\0" * 2 + b"%011o\0" % size + b"14615502000\0"
+                  + b" " * 8 + kind + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247)
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def make_million(imgdir: Path) -> dict:
+    """Write million.tar (a docker-save with one layer of MILLION entries: 1000 dirs of empty files) once."""
+    path = imgdir / "million.tar"
+    layer_name = "blobs/sha256/" + "0" * 63 + "1"
+    if not path.exists():
+        log(f"writing {path} ({MILLION} entries, once)")
+        with open(path.with_suffix(".tmp"), "wb") as layer:
+            for d in range(MILLION // 1000):
+                layer.write(_header(b"d%04d/" % d, 0, b"5"))
+                layer.write(b"".join(_header(b"d%04d/f%04d" % (d, f), 0, b"0") for f in range(999)))
+            layer.write(bytes(1024))
+        layer_size = path.with_suffix(".tmp").stat().st_size
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [
+            "sha256:" + "0" * 63 + "1"]}, "history": [{"created_by": "RUN make a million files"}]}).encode()
+        manifest = json.dumps([{"Config": "config.json", "RepoTags": ["million:latest"],
+                                "Layers": [layer_name]}]).encode()
+        with tarfile.open(path.with_suffix(".part"), "w", format=tarfile.USTAR_FORMAT) as out:
+            for name, data in (("config.json", config), ("manifest.json", manifest)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                out.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(layer_name)
+            info.size = layer_size
+            with open(path.with_suffix(".tmp"), "rb") as fh:
+                out.addfile(info, fh)
+        path.with_suffix(".tmp").unlink()
+        path.with_suffix(".part").rename(path)
+    return {"layers": [layer_name], "stats": {"layer": {"entries": MILLION}}}
+
+
 def load_image(name: str, imgdir: Path, facts: dict) -> Image:
     """The named image with its own facts laid over its family's (big.tar.gz has none of its own)."""
     fname, family, docker = IMAGES[name]
+    if family == "million":
+        facts = dict(facts, million=make_million(imgdir))
     fam, own = facts[family], facts.get(name, {})
     img = Image(name=name, path=imgdir / fname, source=imgdir / IMAGES[family][0],
                 layers=own.get("layers", fam["layers"]), entries=layer_entries(fam["stats"]),

@@ -145,7 +145,8 @@ class Image:
                   h.get("created") if h and isinstance(h.get("created"), str) else None)
             for i, (ld, h) in enumerate(zip(desc.layers, hist, strict=False))
         ]
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the small caches below
+        self._merged_lock = threading.Lock()  # held through the (long) merged build only
         self._merged: Tree | None = None
         self._link_refs: dict[int, int] = {}
         self._layer_trees: dict[int, Tree] = {}
@@ -194,8 +195,8 @@ class Image:
         return indexes, sources
 
     def merged(self) -> Tree:
-        """The root filesystem with every layer applied (built once)."""
-        with self._lock:
+        """The root filesystem with every layer applied (built once; layer trees need not wait for it)."""
+        with self._merged_lock:
             if self._merged is None:
                 indexes, sources = self._indexes()
                 self._merged, self._link_refs = merged_tree(indexes, sources)
