@@ -520,8 +520,8 @@ class Phase:
 
 PHASES = (
     Phase("cold", False, False, ("ready", "trace", "find1", "find2", "cat1", "cat2", "rss")),
-    Phase("layer", False, False, ("ready", "tracel"), requires="tracel"),
     Phase("warm", True, False, ("ready", "trace", "find1", "rss")),
+    Phase("layer", False, False, ("ready", "tracel"), requires="tracel"),  # after warm: it empties the cache
     Phase("disk", False, True, ("ready", "trace", "cat1")),
     Phase("gz", False, False, ("ready", "gztail", "rss"), requires="gztail"),
     Phase("gzwarm", True, False, ("ready", "gztail"), requires="gztail"),
