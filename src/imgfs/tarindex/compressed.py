@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,16 @@ import weakref
 from collections.abc import Callable
 
 from ..errors import FormatError, TruncatedError
-from .source import FileSource, SliceSource, Source, SourceFile, SpoolSource, decompress_to, sniff_compression
+from .source import (
+    FileSource,
+    SliceSource,
+    Source,
+    SourceFile,
+    SpoolSource,
+    decompress_to,
+    sniff_compression,
+    spool_limit,
+)
 from .store import Store
 
 _OPEN: weakref.WeakSet[GzipSource] = weakref.WeakSet()
@@ -202,12 +210,9 @@ class ZstdSource:
                 return FileSource(path)
             except (OSError, FormatError):
                 pass
-        limit = None
-        try:
+        with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
-            limit = int(shutil.disk_usage(path.parent).free * 0.8)
-        except OSError:
-            pass
+        limit = spool_limit(self.src, str(path.parent))
         src = self.src
         written = self.store.write_with("zst", self.key, ".tar", lambda fh: decompress_to(src, "zstd", fh, limit))
         return SpoolSource(src, "zstd") if written is None else FileSource(written)

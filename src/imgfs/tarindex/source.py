@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import shutil
 import tempfile
 import threading
 import zlib
@@ -184,7 +186,8 @@ def decompress_to(src: Source, kind: str, out: BinaryIO, limit: int | None = Non
             total += len(data)
             out.write(data)
             if limit is not None and total > limit:
-                raise FormatError(f"decompressed data exceeds the limit of {limit} bytes")
+                raise FormatError(f"decompresses to more than {limit} bytes (a decompression bomb, or the disk "
+                                  "is nearly full): refused")
             chunk = b""
             if d.eof:
                 # pigz and `cat a.gz b.gz` give several members, zstd several frames: go on with the next.
@@ -194,6 +197,18 @@ def decompress_to(src: Source, kind: str, out: BinaryIO, limit: int | None = Non
     if started:
         raise TruncatedError(f"{kind} stream ends early (truncated)")
     return total
+
+
+BOMB_FLOOR = 4 << 30  # a stream may always decompress to this much
+BOMB_RATIO = 256  # beyond the floor, to at most this many times its compressed size
+
+
+def spool_limit(src: Source, where: str | None) -> int:
+    """How far a decompressed copy of `src` may grow: bombs stop here, as does a filling disk."""
+    limit = max(BOMB_FLOOR, BOMB_RATIO * src.size)
+    with contextlib.suppress(OSError):
+        limit = min(limit, int(shutil.disk_usage(where or tempfile.gettempdir()).free * 0.8))
+    return limit
 
 
 class SpoolSource:
@@ -212,7 +227,7 @@ class SpoolSource:
                 fd, path = tempfile.mkstemp(prefix="imgfs-spool-", dir=self.spool_dir)
                 try:
                     with os.fdopen(os.dup(fd), "wb", buffering=_CHUNK) as out:
-                        decompress_to(self.src, self.kind, out)
+                        decompress_to(self.src, self.kind, out, spool_limit(self.src, self.spool_dir))
                     self._file = FileSource(path)
                 finally:
                     os.close(fd)
