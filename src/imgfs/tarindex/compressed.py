@@ -16,6 +16,7 @@ from collections.abc import Callable
 from ..errors import FormatError, TruncatedError
 from .source import (
     FileSource,
+    LazySource,
     SliceSource,
     Source,
     SourceFile,
@@ -179,7 +180,7 @@ class GzipSource:
             self._file.close()
 
 
-class ZstdSource:
+class ZstdSource(LazySource):
     """A zstd stream decompressed once, on first use, into the cache (reused by later opens).
 
     Single-frame zstd has no seek points, so the decompressed copy is the random access; without a
@@ -188,17 +189,10 @@ class ZstdSource:
     """
 
     def __init__(self, src: Source, store: Store | None, key: str | None) -> None:
+        super().__init__()
         self.src = src
         self.store = store
         self.key = key
-        self._lock = threading.Lock()
-        self._inner: Source | None = None
-
-    def _open(self) -> Source:
-        with self._lock:
-            if self._inner is None:
-                self._inner = self._make()
-            return self._inner
 
     def _make(self) -> Source:
         if self.store is None or self.key is None:
@@ -216,23 +210,6 @@ class ZstdSource:
         src = self.src
         written = self.store.write_with("zst", self.key, ".tar", lambda fh: decompress_to(src, "zstd", fh, limit))
         return SpoolSource(src, "zstd") if written is None else FileSource(written)
-
-    @property
-    def size(self) -> int:  # type: ignore[override]
-        """The uncompressed size (decompresses on the first call)."""
-        return self._open().size
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """Read from the decompressed copy."""
-        return self._open().pread(offset, length)
-
-    def close(self) -> None:
-        """Close the decompressed copy (the cached file stays)."""
-        with self._lock:
-            close = getattr(self._inner, "close", None)
-            if close is not None:
-                close()
-            self._inner = None
 
 
 def open_stream(src: Source, store: Store | None = None, key: str | None = None,

@@ -211,43 +211,58 @@ def spool_limit(src: Source, where: str | None) -> int:
     return limit
 
 
-class SpoolSource:
-    """A compressed source decompressed once, on first use, into a private temporary file."""
+class LazySource:
+    """A source made on first use (a decompressed copy): size and reads go to it; subclasses say how."""
 
-    def __init__(self, src: Source, kind: str, spool_dir: str | None = None) -> None:
-        self.src = src
-        self.kind = kind
-        self.spool_dir = spool_dir
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._file: FileSource | None = None
+        self._inner: Source | None = None
 
-    def _open(self) -> FileSource:
+    def _make(self) -> Source:
+        raise NotImplementedError
+
+    def _open(self) -> Source:
         with self._lock:
-            if self._file is None:
-                fd, path = tempfile.mkstemp(prefix="imgfs-spool-", dir=self.spool_dir)
-                try:
-                    with os.fdopen(os.dup(fd), "wb", buffering=_CHUNK) as out:
-                        decompress_to(self.src, self.kind, out, spool_limit(self.src, self.spool_dir))
-                    self._file = FileSource(path)
-                finally:
-                    os.close(fd)
-                    os.unlink(path)  # the open descriptor keeps the data; nothing is left behind
-            return self._file
+            if self._inner is None:
+                self._inner = self._make()
+            return self._inner
 
     @property
     def size(self) -> int:  # type: ignore[override]
+        """The size of the copy (made on the first call)."""
         return self._open().size
 
     def pread(self, offset: int, length: int) -> bytes:
-        """Read from the decompressed copy (made on the first call)."""
+        """Read from the copy (made on the first call)."""
         return self._open().pread(offset, length)
 
     def close(self) -> None:
-        """Drop the decompressed copy."""
+        """Close the copy (a private one is gone then; a cached one stays on disk)."""
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+            self._inner = None
+
+
+class SpoolSource(LazySource):
+    """A compressed source decompressed once, on first use, into a private temporary file."""
+
+    def __init__(self, src: Source, kind: str, spool_dir: str | None = None) -> None:
+        super().__init__()
+        self.src = src
+        self.kind = kind
+        self.spool_dir = spool_dir
+
+    def _make(self) -> Source:
+        fd, path = tempfile.mkstemp(prefix="imgfs-spool-", dir=self.spool_dir)
+        try:
+            with os.fdopen(os.dup(fd), "wb", buffering=_CHUNK) as out:
+                decompress_to(self.src, self.kind, out, spool_limit(self.src, self.spool_dir))
+            return FileSource(path)
+        finally:
+            os.close(fd)
+            os.unlink(path)  # the open descriptor keeps the data; nothing is left behind
 
 
 def open_maybe_compressed(src: Source, spool_dir: str | None = None) -> tuple[Source, str | None]:
