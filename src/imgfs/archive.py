@@ -10,6 +10,7 @@ from typing import Any
 from . import formats
 from .errors import FormatError, ImgfsError, SelectionError
 from .formats import ImageDesc, LayerDesc
+from .formats.model import MAX_JSON
 from .tarindex import FileSource, MemberIndex, Source, scan
 from .tarindex.compressed import GzipSource, open_stream
 from .tarindex.reader import HARDLINK, SYMLINK, normalize
@@ -61,6 +62,8 @@ class _OuterReader:
 
     def read(self, path: str) -> bytes:
         s = self.slice(path)
+        if s.size > MAX_JSON:  # only JSON documents are read whole: refuse before reading, not after
+            raise FormatError(f"{path} is {s.size} bytes, larger than any manifest or config ({MAX_JSON})")
         return s.pread(0, s.size)
 
 
