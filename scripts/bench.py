@@ -561,27 +561,27 @@ def op_ready(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info:
     return s.ready if isinstance(peer, FusePeer) else None
 
 
-def op_trace(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
-    """Mount start to trace.log copied out (for local disk: the copy alone)."""
-    assert img.trace is not None
+def _copy_trace(src: Path, peer: Peer, img: Image, s: Session, work: Path) -> float:
+    """Copy trace.log out of `src`, check its bytes, and return the time since the mount started."""
     dst = work / "trace.log"
-    shutil.copyfile(peer.file(img, s, img.trace, img.trace_layer), dst)
+    shutil.copyfile(src, dst)
     dt = time.perf_counter() - s.t0
     if sha256(dst) != img.trace_sha256:
         raise RuntimeError(f"{peer.name}: wrong trace.log content")
     return dt
+
+
+def op_trace(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
+    """Mount start to trace.log copied out (for local disk: the copy alone)."""
+    assert img.trace is not None
+    return _copy_trace(peer.file(img, s, img.trace, img.trace_layer), peer, img, s, work)
 
 
 def op_trace_layer(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float | None:
     """Mount start to trace.log copied out of its layer's directory (imgfs; ratarmount's trace is this already)."""
     if not isinstance(peer, Imgfs) or img.trace is None or img.trace_layer is None:
         return None
-    dst = work / "trace.log"
-    shutil.copyfile(peer.layer_file(img, s, img.trace, img.trace_layer), dst)
-    dt = time.perf_counter() - s.t0
-    if sha256(dst) != img.trace_sha256:
-        raise RuntimeError(f"{peer.name}: wrong trace.log content")
-    return dt
+    return _copy_trace(peer.layer_file(img, s, img.trace, img.trace_layer), peer, img, s, work)
 
 
 def op_find(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
