@@ -184,7 +184,8 @@ class Image:
         """The image config document."""
         return self.desc.config
 
-    def _indexes(self) -> tuple[list[MemberIndex | None], list[Source | None]]:
+    def layer_inputs(self) -> tuple[list[MemberIndex | None], list[Source | None]]:
+        """Each layer's member index and bytes, bottom first; None (and a warning) for an unreadable layer."""
         indexes: list[MemberIndex | None] = []
         sources: list[Source | None] = []
         for layer in self.layers:
@@ -201,7 +202,7 @@ class Image:
         """The root filesystem with every layer applied (built once; layer trees need not wait for it)."""
         with self._merged_lock:
             if self._merged is None:
-                indexes, sources = self._indexes()
+                indexes, sources = self.layer_inputs()
                 self._merged, self._link_refs = merged_tree(indexes, sources)
                 for w in self._merged.warnings:
                     self.archive.warn(w)

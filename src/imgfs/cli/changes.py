@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from ..archive import Image, Layer
 from ..errors import ImgfsError
-from ..tarindex import MemberIndex, Source
 from ..tarindex.reader import FILE, KIND_NAMES
 from ..tree import Tree, merged_tree
 from ..tree.tree import MASK, SHIFT
@@ -133,23 +132,9 @@ def compare(before: Tree, after: Tree) -> list[Change]:
     return out
 
 
-def _inputs(img: Image, warn: Callable[[str], None]) -> tuple[list[MemberIndex | None], list[Source | None]]:
-    indexes: list[MemberIndex | None] = []
-    sources: list[Source | None] = []
-    for la in img.layers:
-        try:
-            indexes.append(la.index())
-            sources.append(la.source())
-        except ImgfsError as e:
-            warn(f"layer {la.number}: {e}")
-            indexes.append(None)
-            sources.append(None)
-    return indexes, sources
-
-
-def layer_changes(img: Image, positions: list[int], warn: Callable[[str], None]) -> Iterator[LayerChanges]:
-    """For each layer position asked for (ascending), its changes and totals."""
-    indexes, sources = _inputs(img, warn)
+def layer_changes(img: Image, positions: list[int]) -> Iterator[LayerChanges]:
+    """For each layer position asked for (ascending), its changes and totals (unreadable layers are warned of)."""
+    indexes, sources = img.layer_inputs()
     merged = img.merged()
     final = set(merged.nodes.values())
     built: dict[int, Tree] = {len(indexes): merged}

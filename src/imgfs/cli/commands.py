@@ -86,7 +86,7 @@ def diff(args: argparse.Namespace, ui: Ui) -> int:
     with open_for(args, ui) as a:
         img = image_for(a, args)
         positions = [img.find_layer(args.layer).position] if args.layer else list(range(len(img.layers)))
-        results = changes.layer_changes(img, positions, ui.warn)
+        results = changes.layer_changes(img, positions)
         if args.json:
             ui.json({"archive": args.archive, "image": img.label, "platform": img.platform, "layers": [
                 {"number": r.layer.number, "name": r.layer.name, "totals": r.totals.as_dict(),
