@@ -1,29 +1,40 @@
-"""libfuse 2 callbacks over ImgfsOps, registered and run here with fusepy's ctypes declarations.
+"""libfuse 2's low-level API over ImgfsOps, declared and run here with ctypes (fusepy loads the library).
 
-fusepy's own FUSE class decodes every path as UTF-8 (tar names need not be), goes through a dict for
-each stat, and copies every read through a Python bytes object. Here paths stay bytes, stat structures
-are filled in place, and file content is handed to libfuse as (fd, offset) through `read_buf`, so the
-bytes travel from the archive to the kernel without entering Python.
+Low level, because the kernel then asks by inode, not by path, and because one answer becomes possible
+that the high-level API never gives: ENOSYS to OPEN and OPENDIR. On Linux >= 5.1 (protocol 7.29) the
+kernel then opens files and directories without asking, keeps their pages, and caches each directory's
+listing (FOPEN_CACHE_DIR): a second `find` sends no request at all. File content goes to libfuse as
+(fd, offset), so bytes travel from the archive to the kernel without entering Python.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
 import logging
 import math
 import os
+import platform
+import struct
 from collections.abc import Callable
 from typing import Any
 
+import cachetools
+
 import fuse
 
-from .ops import ImgfsOps
+from .ops import ImgfsOps, Stat
 
 log = logging.getLogger("imgfs.fuse")
 
+TIMEOUT = 86400.0  # the content never changes while mounted, so the kernel may keep every answer a day
+_NO_OPEN_MINOR = 29  # FUSE protocol 7.29 (Linux 5.1): ENOSYS from OPENDIR/OPEN means "no need to ask"
 _FUSE_BUF_IS_FD = 1 << 1
 _FUSE_BUF_FD_SEEK = 1 << 2
+
+_ino, _req, _FI = ctypes.c_ulong, ctypes.c_void_p, ctypes.POINTER(fuse.fuse_file_info)
+_CB = ctypes.CFUNCTYPE
 
 
 class _Buf(ctypes.Structure):
@@ -36,38 +47,125 @@ class _BufVec(ctypes.Structure):
                 ("buf", _Buf * 1)]
 
 
-_READ_BUF = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(ctypes.POINTER(_BufVec)),
-                             ctypes.c_size_t, ctypes.c_int64, ctypes.POINTER(fuse.fuse_file_info))
+# fusepy's struct stat stops at the last field it names; the C one has reserved words after it, and a
+# struct that embeds it (fuse_entry_param) must place what follows where C does.
+_STAT_SIZE = {"x86_64": 144, "aarch64": 128}.get(platform.machine(), ctypes.sizeof(fuse.c_stat))
 
 
-class _Operations(ctypes.Structure):
-    """libfuse 2.9's struct fuse_operations: fusepy's declaration, completed up to read_buf."""
-
-    _fields_ = list(fuse.fuse_operations._fields_) + [
-        ("poll", ctypes.c_void_p), ("write_buf", ctypes.c_void_p), ("read_buf", _READ_BUF),
-        ("flock", ctypes.c_void_p), ("fallocate", ctypes.c_void_p)]
+class _EntryParam(ctypes.Structure):
+    _fields_ = [("ino", _ino), ("generation", ctypes.c_ulong), ("attr", fuse.c_stat),
+                ("_reserved", ctypes.c_char * max(0, _STAT_SIZE - ctypes.sizeof(fuse.c_stat))),
+                ("attr_timeout", ctypes.c_double), ("entry_timeout", ctypes.c_double)]
 
 
-_libc = ctypes.CDLL(None)
-_libc.malloc.restype = ctypes.c_void_p
-_libc.malloc.argtypes = [ctypes.c_size_t]
-_BUFVEC_SIZE = ctypes.sizeof(_BufVec)
-_PROTOTYPES = {f[0]: f[1] for f in _Operations._fields_}
-_WRITES = ("mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "chmod", "chown", "truncate",
-           "write", "create", "ftruncate", "utimens", "setxattr", "removexattr")
+class _ConnInfo(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint) for n in ("proto_major", "proto_minor", "async_read", "max_write",
+                                             "max_readahead", "capable", "want", "max_background",
+                                             "congestion_threshold")] + [("reserved", ctypes.c_uint * 23)]
 
 
-def _guard(name: str, func: Callable[..., int]) -> Callable[..., int]:
-    """Turn OSError into -errno, and anything unexpected into a logged EIO, never an escape into C."""
+class _Args(ctypes.Structure):
+    _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)), ("allocated", ctypes.c_int)]
 
-    def callback(*args: Any) -> int:
+
+_c = ctypes
+_OPS: list[tuple[str, Any]] = [  # libfuse 2.9's struct fuse_lowlevel_ops, in order; c_void_p: left NULL
+    ("init", _CB(None, _c.c_void_p, _c.POINTER(_ConnInfo))), ("destroy", _CB(None, _c.c_void_p)),
+    ("lookup", _CB(None, _req, _ino, _c.c_char_p)), ("forget", _c.c_void_p),
+    ("getattr", _CB(None, _req, _ino, _FI)), ("setattr", _CB(None, _req, _ino, _c.c_void_p, _c.c_int, _FI)),
+    ("readlink", _CB(None, _req, _ino)), ("mknod", _CB(None, _req, _ino, _c.c_char_p, _c.c_uint, _c.c_ulong)),
+    ("mkdir", _CB(None, _req, _ino, _c.c_char_p, _c.c_uint)), ("unlink", _CB(None, _req, _ino, _c.c_char_p)),
+    ("rmdir", _CB(None, _req, _ino, _c.c_char_p)), ("symlink", _CB(None, _req, _c.c_char_p, _ino, _c.c_char_p)),
+    ("rename", _CB(None, _req, _ino, _c.c_char_p, _ino, _c.c_char_p)),
+    ("link", _CB(None, _req, _ino, _ino, _c.c_char_p)), ("open", _CB(None, _req, _ino, _FI)),
+    ("read", _CB(None, _req, _ino, _c.c_size_t, _c.c_int64, _FI)),
+    ("write", _CB(None, _req, _ino, _c.c_void_p, _c.c_size_t, _c.c_int64, _FI)),
+    ("flush", _c.c_void_p), ("release", _c.c_void_p), ("fsync", _c.c_void_p),
+    ("opendir", _CB(None, _req, _ino, _FI)), ("readdir", _CB(None, _req, _ino, _c.c_size_t, _c.c_int64, _FI)),
+    ("releasedir", _c.c_void_p), ("fsyncdir", _c.c_void_p), ("statfs", _CB(None, _req, _ino)),
+    ("setxattr", _CB(None, _req, _ino, _c.c_char_p, _c.c_void_p, _c.c_size_t, _c.c_int)),
+    ("getxattr", _CB(None, _req, _ino, _c.c_char_p, _c.c_size_t)),
+    ("listxattr", _CB(None, _req, _ino, _c.c_size_t)), ("removexattr", _CB(None, _req, _ino, _c.c_char_p)),
+    ("access", _CB(None, _req, _ino, _c.c_int)), ("create", _CB(None, _req, _ino, _c.c_char_p, _c.c_uint, _FI)),
+] + [(name, _c.c_void_p) for name in ("getlk", "setlk", "bmap", "ioctl", "poll", "write_buf", "retrieve_reply",
+                                       "forget_multi", "flock", "fallocate")]
+_WRITES = ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link", "write", "setxattr",
+           "removexattr", "create")
+
+
+class _LowLevelOps(ctypes.Structure):
+    _fields_ = _OPS
+
+
+def _library() -> ctypes.CDLL:
+    """libfuse with the prototypes used here, on a handle of its own (fusepy's keeps its prototypes)."""
+    lib = ctypes.CDLL(fuse._libfuse._name)
+    vp, ptr = ctypes.c_void_p, ctypes.POINTER
+    for name, restype, argtypes in [
+        ("fuse_reply_err", ctypes.c_int, [vp, ctypes.c_int]),
+        ("fuse_reply_entry", ctypes.c_int, [vp, ptr(_EntryParam)]),
+        ("fuse_reply_attr", ctypes.c_int, [vp, ptr(fuse.c_stat), ctypes.c_double]),
+        ("fuse_reply_readlink", ctypes.c_int, [vp, ctypes.c_char_p]),
+        ("fuse_reply_open", ctypes.c_int, [vp, _FI]),
+        ("fuse_reply_buf", ctypes.c_int, [vp, ctypes.c_char_p, ctypes.c_size_t]),
+        ("fuse_reply_data", ctypes.c_int, [vp, ptr(_BufVec), ctypes.c_int]),
+        ("fuse_reply_statfs", ctypes.c_int, [vp, ptr(fuse.c_statvfs)]),
+        ("fuse_reply_xattr", ctypes.c_int, [vp, ctypes.c_size_t]),
+        ("fuse_mount", vp, [ctypes.c_char_p, ptr(_Args)]),
+        ("fuse_unmount", None, [ctypes.c_char_p, vp]),
+        ("fuse_lowlevel_new", vp, [ptr(_Args), ptr(_LowLevelOps), ctypes.c_size_t, vp]),
+        ("fuse_set_signal_handlers", ctypes.c_int, [vp]),
+        ("fuse_remove_signal_handlers", None, [vp]),
+        ("fuse_session_add_chan", None, [vp, vp]),
+        ("fuse_session_remove_chan", None, [vp]),
+        ("fuse_session_loop", ctypes.c_int, [vp]),
+        ("fuse_session_destroy", None, [vp]),
+        ("fuse_opt_free_args", None, [ptr(_Args)]),
+    ]:
+        func = getattr(lib, name)
+        func.restype, func.argtypes = restype, argtypes
+    return lib
+
+
+_lib = _library()
+_DIRENT = struct.Struct("=QQII")  # struct fuse_dirent: ino, offset of the next entry, name length, type
+
+
+def pack_dir(entries: list[tuple[bytes, int, int]]) -> tuple[bytes, list[int]]:
+    """A listing as the kernel takes it (what fuse_add_direntry writes), and where each entry starts."""
+    parts, ends, pos = [], [0], 0
+    for n, (name, mode, ino) in enumerate(entries):
+        size = (_DIRENT.size + len(name) + 7) & ~7
+        parts.append(_DIRENT.pack(ino, n + 1, len(name), mode >> 12) + name
+                     + bytes(size - _DIRENT.size - len(name)))
+        pos += size
+        ends.append(pos)
+    return b"".join(parts), ends
+
+
+def _fill(st: Any, s: Stat) -> None:
+    """Fill a struct stat in place from a Stat tuple."""
+    st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_size, mtime = s
+    st.st_blocks = (st.st_size + 511) >> 9
+    sec = math.floor(mtime)  # floor, not int(): a negative time still needs 0 <= tv_nsec < 1e9
+    ts = fuse.c_timespec(sec, int((mtime - sec) * 1e9))
+    st.st_mtimespec = st.st_atimespec = st.st_ctimespec = ts
+
+
+def _guard(name: str, func: Callable[..., None]) -> Callable[..., None]:
+    """Answer a request whose handler raised: OSError as its errno, anything unexpected as a logged EIO.
+
+    Every handler replies as its very last step, so a raise means no reply has been sent yet.
+    """
+
+    def callback(req: int, *args: Any) -> None:
         try:
-            return func(*args)
+            func(req, *args)
         except OSError as e:
-            return -(e.errno or errno.EIO)
+            _lib.fuse_reply_err(req, e.errno or errno.EIO)
         except Exception:  # a bug: say where, keep serving
             log.exception("FUSE %s failed", name)
-            return -errno.EIO
+            _lib.fuse_reply_err(req, errno.EIO)
 
     return callback
 
@@ -77,131 +175,157 @@ class Bridge:
 
     def __init__(self, ops: ImgfsOps, mountpoint: str, args: list[str]) -> None:
         self.operations = ops
-        table = _Operations()
-        # No opendir/releasedir: libfuse answers those itself, saving two Python calls a directory. No
-        # flush: its first ENOSYS tells the kernel to stop sending one at every close().
-        names = ("getattr", "fgetattr", "readlink", "open", "read_buf", "release", "readdir", "statfs", "access",
-                 "getxattr", "listxattr", "init", "destroy") + _WRITES
-        for name in names:
-            impl = getattr(self, name) if name not in _WRITES else self._erofs
-            setattr(table, name, _PROTOTYPES[name](_guard(name, impl)))
-        argv_list = [b"imgfs"] + [os.fsencode(a) for a in args] + [os.fsencode(mountpoint)]
-        argv = (ctypes.c_char_p * len(argv_list))(*argv_list)
-        err = fuse._libfuse.fuse_main_real(len(argv_list), argv, ctypes.pointer(table),
-                                           ctypes.sizeof(table), None)
-        if err:
-            raise RuntimeError(err)
+        self.no_open = False  # set in init() when the kernel understands ENOSYS from OPEN/OPENDIR
+        self._entry = _EntryParam(generation=1, attr_timeout=TIMEOUT, entry_timeout=TIMEOUT)
+        self._stat = fuse.c_stat()
+        self._vec = _BufVec(count=1)
+        # Packed listings of the directories being read: a big one is read in several requests.
+        self._listings: cachetools.LRUCache = cachetools.LRUCache(maxsize=16)
+        table = _LowLevelOps()
+        prototypes = dict(_OPS)
+        for name, _ in _OPS:
+            if name in _WRITES:
+                setattr(table, name, prototypes[name](_guard(name, self._erofs)))
+            elif name in ("init", "destroy"):
+                setattr(table, name, prototypes[name](self._lifecycle(getattr(self, name))))
+            elif prototypes[name] is not ctypes.c_void_p:
+                setattr(table, name, prototypes[name](_guard(name, getattr(self, name))))
+        self._table = table  # the callbacks must outlive the session
+        self._serve(os.fsencode(mountpoint), [b"imgfs"] + [os.fsencode(a) for a in args])
 
-    def getattr(self, path: bytes, buf: Any) -> int:
-        """stat(): fill libfuse's struct stat in place."""
-        ino, mode, nlink, uid, gid, rdev, size, mtime = self.operations.getattr(path)
-        st = buf.contents
-        st.st_ino = ino
-        st.st_mode = mode
-        st.st_nlink = nlink
-        st.st_uid = uid
-        st.st_gid = gid
-        st.st_rdev = rdev
-        st.st_size = size
-        st.st_blocks = (size + 511) >> 9
-        sec = math.floor(mtime)  # floor, not int(): a negative time still needs 0 <= tv_nsec < 1e9
-        ts = fuse.c_timespec(sec, int((mtime - sec) * 1e9))
-        st.st_mtimespec = ts
-        st.st_atimespec = ts
-        st.st_ctimespec = ts
-        return 0
+    def _serve(self, mountpoint: bytes, argv_list: list[bytes]) -> None:
+        argv = (ctypes.c_char_p * (len(argv_list) + 1))(*argv_list, None)
+        args = _Args(len(argv_list), argv, 0)
+        chan = _lib.fuse_mount(mountpoint, ctypes.byref(args))
+        if not chan:
+            _lib.fuse_opt_free_args(ctypes.byref(args))
+            raise RuntimeError("fuse_mount failed")
+        try:
+            se = _lib.fuse_lowlevel_new(ctypes.byref(args), ctypes.byref(self._table),
+                                        ctypes.sizeof(self._table), None)
+            if not se:
+                raise RuntimeError("fuse_lowlevel_new failed")
+            try:
+                if _lib.fuse_set_signal_handlers(se) == -1:
+                    raise RuntimeError("fuse_set_signal_handlers failed")
+                _lib.fuse_session_add_chan(se, chan)
+                _lib.fuse_session_loop(se)
+                _lib.fuse_remove_signal_handlers(se)
+                _lib.fuse_session_remove_chan(chan)
+            finally:
+                _lib.fuse_session_destroy(se)
+        finally:
+            _lib.fuse_unmount(mountpoint, chan)
+            _lib.fuse_opt_free_args(ctypes.byref(args))
 
-    def fgetattr(self, path: bytes, buf: Any, fip: Any) -> int:
-        """fstat() of an open file: the same as stat() of its path."""
-        return self.getattr(path, buf)
+    # -- lifecycle ----------------------------------------------------------------------------
+    @staticmethod
+    def _lifecycle(func: Callable[..., None]) -> Callable[..., None]:
+        def callback(*args: Any) -> None:
+            try:
+                func(*args)
+            except Exception:
+                log.exception("FUSE %s failed", func.__name__)
 
-    def readdir(self, path: bytes, buf: Any, filler: Any, offset: int, fip: Any) -> int:
-        """Every entry with its type and inode (so find and ls need no stat per entry)."""
-        st = fuse.c_stat()  # libfuse copies it, so one serves every entry
-        for name, mode, ino in self.operations.readdir(path):
-            st.st_mode = mode
-            st.st_ino = ino
-            if filler(buf, name, st, 0):
-                break
-        return 0
+        return callback
 
-    def readlink(self, path: bytes, buf: Any, bufsize: int) -> int:
-        """The target as stored, NUL-terminated and cut to the buffer."""
-        target = self.operations.readlink(path)[:bufsize - 1] + b"\0"
-        ctypes.memmove(buf, target, len(target))
-        return 0
-
-    def open(self, path: bytes, fip: Any) -> int:
-        """Open for reading; the handle goes in fi->fh."""
-        fi = fip.contents
-        fi.fh = self.operations.open(path, fi.flags)
-        return 0
-
-    def read_buf(self, path: bytes | None, bufp: Any, size: int, offset: int, fip: Any) -> int:
-        """Hand libfuse a buffer vector: (fd, position) for it to read, or bytes in malloc'd memory."""
-        where = self.operations.locate_read(fip.contents.fh, size, offset)
-        vec_addr = _libc.malloc(_BUFVEC_SIZE)  # libfuse frees the vector (and any memory buffer in it)
-        if not vec_addr:
-            return -errno.ENOMEM
-        vec = _BufVec.from_address(vec_addr)
-        vec.count, vec.idx, vec.off = 1, 0, 0
-        b = vec.buf[0]
-        if isinstance(where, tuple):
-            b.fd, b.pos, b.size = where
-            b.flags = _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK
-            b.mem = None
-        else:
-            b.fd, b.pos, b.size, b.flags = -1, 0, len(where), 0
-            b.mem = _libc.malloc(len(where) or 1)
-            if not b.mem:
-                return -errno.ENOMEM
-            ctypes.memmove(b.mem, where, len(where))
-        bufp[0] = ctypes.cast(vec_addr, ctypes.POINTER(_BufVec))
-        return 0
-
-    def release(self, path: bytes | None, fip: Any) -> int:
-        """Close a handle."""
-        return self.operations.release(fip.contents.fh)
-
-    def statfs(self, path: bytes, buf: Any) -> int:
-        """statvfs() fields."""
-        stv = buf.contents
-        for key, val in self.operations.statfs(path).items():
-            setattr(stv, key, val)
-        return 0
-
-    def access(self, path: bytes, amode: int) -> int:
-        """access(): read yes, write EROFS."""
-        return self.operations.access(path, amode)
-
-    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
-        """One extended attribute, or its size when the caller passes no buffer."""
-        data = self.operations.getxattr(path, name)
-        if not value:  # a size query
-            return len(data)
-        if len(data) > size:
-            return -errno.ERANGE
-        ctypes.memmove(value, data, len(data))
-        return len(data)
-
-    def listxattr(self, path: bytes, namebuf: Any, size: int) -> int:
-        """The NUL-separated attribute names, or their size when the caller passes no buffer."""
-        data = b"".join(n + b"\0" for n in self.operations.listxattr(path))
-        if not namebuf:
-            return len(data)
-        if len(data) > size:
-            return -errno.ERANGE
-        ctypes.memmove(namebuf, data, len(data))
-        return len(data)
-
-    def init(self, conn: Any) -> None:
-        """The mount is up."""
+    def init(self, userdata: Any, conn: Any) -> None:
+        """The mount is up: learn what the kernel understands."""
+        self.no_open = conn.contents.proto_minor >= _NO_OPEN_MINOR
         self.operations.init()
 
-    def destroy(self, private_data: Any) -> None:
+    def destroy(self, userdata: Any) -> None:
         """The mount is gone."""
         self.operations.destroy()
 
-    def _erofs(self, *args: Any) -> int:
+    # -- requests: each replies exactly once, as its last step ----------------------------------
+    def lookup(self, req: int, parent: int, name: bytes) -> None:
+        """An entry with its attributes; a missing name is a negative entry the kernel may keep."""
+        e = self._entry
+        try:
+            e.ino = self.operations.lookup(parent, name)
+        except FileNotFoundError:
+            e.ino = 0
+        else:
+            _fill(e.attr, self.operations.getattr(e.ino))
+        _lib.fuse_reply_entry(req, ctypes.byref(e))
+
+    def getattr(self, req: int, ino: int, fip: Any) -> None:
+        """stat()."""
+        _fill(self._stat, self.operations.getattr(ino))
+        _lib.fuse_reply_attr(req, ctypes.byref(self._stat), TIMEOUT)
+
+    def readlink(self, req: int, ino: int) -> None:
+        """The target as stored."""
+        _lib.fuse_reply_readlink(req, self.operations.readlink(ino).split(b"\0", 1)[0])
+
+    def open(self, req: int, ino: int, fip: Any) -> None:
+        """ENOSYS where the kernel takes it as "open without asking"; else check and keep the pages."""
+        if self.no_open:
+            raise OSError(errno.ENOSYS, "open without asking")
+        fi = fip.contents
+        self.operations.open(ino, fi.flags)
+        fi.keep_cache = 1
+        _lib.fuse_reply_open(req, fip)
+
+    def read(self, req: int, ino: int, size: int, offset: int, fip: Any) -> None:
+        """Hand libfuse (fd, position) to read itself, or the bytes."""
+        where = self.operations.locate_read(ino, size, offset)
+        if isinstance(where, tuple):
+            vec = self._vec
+            vec.idx = vec.off = 0
+            b = vec.buf[0]
+            b.fd, b.pos, b.size = where
+            b.flags = _FUSE_BUF_IS_FD | _FUSE_BUF_FD_SEEK
+            _lib.fuse_reply_data(req, ctypes.byref(vec), 0)
+        else:
+            _lib.fuse_reply_buf(req, where, len(where))
+
+    def opendir(self, req: int, ino: int, fip: Any) -> None:
+        """ENOSYS where the kernel then caches listings itself; else an empty handle."""
+        if self.no_open:
+            raise OSError(errno.ENOSYS, "open without asking")
+        _lib.fuse_reply_open(req, fip)
+
+    def readdir(self, req: int, ino: int, size: int, offset: int, fip: Any) -> None:
+        """As many whole entries from `offset` (an entry number) as fit in `size` bytes."""
+        hit = self._listings.get(ino) if offset else None
+        if hit is None:
+            hit = self._listings[ino] = pack_dir(self.operations.readdir(ino))
+        data, ends = hit
+        start = ends[min(offset, len(ends) - 1)] if offset >= 0 else 0
+        stop = ends[bisect.bisect_right(ends, start + size) - 1]
+        _lib.fuse_reply_buf(req, data[start:stop], stop - start)
+
+    def statfs(self, req: int, ino: int) -> None:
+        """statvfs() fields."""
+        stv = fuse.c_statvfs()
+        for key, val in self.operations.statfs().items():
+            setattr(stv, key, val)
+        _lib.fuse_reply_statfs(req, ctypes.byref(stv))
+
+    def access(self, req: int, ino: int, mask: int) -> None:
+        """access(): read yes, write EROFS."""
+        self.operations.access(ino, mask)
+        _lib.fuse_reply_err(req, 0)
+
+    def getxattr(self, req: int, ino: int, name: bytes, size: int) -> None:
+        """One extended attribute, or its size when the caller passes no buffer."""
+        self._reply_sized(req, self.operations.getxattr(ino, name), size)
+
+    def listxattr(self, req: int, ino: int, size: int) -> None:
+        """The NUL-separated attribute names, or their size when the caller passes no buffer."""
+        self._reply_sized(req, b"".join(n + b"\0" for n in self.operations.listxattr(ino)), size)
+
+    @staticmethod
+    def _reply_sized(req: int, data: bytes, size: int) -> None:
+        if not size:
+            _lib.fuse_reply_xattr(req, len(data))
+        elif len(data) > size:
+            _lib.fuse_reply_err(req, errno.ERANGE)
+        else:
+            _lib.fuse_reply_buf(req, data, len(data))
+
+    def _erofs(self, req: int, *args: Any) -> None:
         """Any write."""
-        return -errno.EROFS
+        _lib.fuse_reply_err(req, errno.EROFS)

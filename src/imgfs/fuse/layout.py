@@ -14,7 +14,7 @@ from ..formats.naming import MAX_NAME, SLASH
 from ..tree import Tree
 
 DIR, FILE, TREE = range(3)
-TREE_SHIFT = 48  # inode = tree slot << 48 | inode inside the tree; slot 0 is the skeleton
+TREE_SHIFT = 48  # inode = tree slot << 48 | inode inside the tree; slot 0 is the skeleton (the root is 1)
 
 
 @dataclass(slots=True, eq=False)
@@ -23,6 +23,7 @@ class Node:
 
     kind: int
     ino: int
+    path: bytes = b"/"
     names: tuple[bytes, ...] = ()
     data: bytes = b""
     load: Callable[[], Tree] | None = None
@@ -109,7 +110,8 @@ class Layout:
 
     def __init__(self, archive: Archive, images: list[Image]) -> None:
         self.nodes: dict[bytes, Node] = {}
-        self.tree_count = 0
+        self.trees: list[Node] = []  # TREE nodes by slot - 1
+        self._add(b"/", DIR)  # first, so that it is inode 1, the one the kernel asks for as the root
         if len(images) == 1:
             self._image(b"", archive, images[0])
         else:
@@ -118,13 +120,13 @@ class Layout:
         self._finish_dirs()
 
     def _add(self, path: bytes, kind: int, **kw: object) -> Node:
-        node = Node(kind, len(self.nodes) + 1, **kw)  # type: ignore[arg-type]
+        node = Node(kind, len(self.nodes) + 1 - len(self.trees), path, **kw)  # type: ignore[arg-type]
         self.nodes[path] = node
         return node
 
     def _tree(self, path: bytes, load: Callable[[], Tree], created: str | None = None) -> None:
-        self.tree_count += 1
-        node = Node(TREE, self.tree_count << TREE_SHIFT | 1, load=load, mtime=_timestamp(created))
+        node = Node(TREE, (len(self.trees) + 1) << TREE_SHIFT | 1, path, load=load, mtime=_timestamp(created))
+        self.trees.append(node)
         self.nodes[path] = node
 
     def _image(self, base: bytes, archive: Archive, img: Image) -> None:
@@ -151,19 +153,4 @@ class Layout:
         for path, node in self.nodes.items():
             if node.kind == DIR:
                 node.names = tuple(sorted(kids.get(path, ())))
-
-    def locate(self, path: bytes) -> tuple[Node, bytes] | None:
-        """The node a FUSE path belongs to and the key inside its tree (b'' for skeleton nodes)."""
-        node = self.nodes.get(path)
-        if node is not None:
-            return node, b""
-        # Skeleton paths are at most three components deep, so this loop is short.
-        i = path.find(b"/", 1)
-        while i > 0:
-            node = self.nodes.get(path[:i])
-            if node is None:
-                return None
-            if node.kind == TREE:
-                return node, path[i + 1:]
-            i = path.find(b"/", i + 1)
-        return None
+        self.by_ino = {node.ino: node for node in self.nodes.values() if node.kind != TREE}

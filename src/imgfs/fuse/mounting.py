@@ -23,7 +23,6 @@ from ..errors import ImgfsError, SelectionError
 
 READY = b"\0imgfs-ready\n"
 READY_TIMEOUT = 30.0
-CACHE_SECONDS = "86400"  # the content never changes while mounted, so the kernel may keep it
 INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install fuse libfuse2)"
 log = logging.getLogger("imgfs.fuse")
 
@@ -78,18 +77,20 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
+# libfuse 2's high-level options: what they ask for, the low-level mount does anyway (inode numbers,
+# kernel caching, long timeouts), so they are accepted and dropped rather than refused.
+_HIGH_LEVEL = frozenset({"use_ino", "readdir_ino", "kernel_cache", "auto_cache", "noauto_cache", "entry_timeout",
+                         "negative_timeout", "attr_timeout", "ac_attr_timeout", "hard_remove", "intr"})
+
+
 def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[str, Any]:
-    """The -o options for libfuse: read-only, stable inodes, kernel caching, plus the user's."""
-    opts: dict[str, Any] = {
-        "ro": True, "use_ino": True, "kernel_cache": True, "attr_timeout": CACHE_SECONDS,
-        "entry_timeout": CACHE_SECONDS, "negative_timeout": CACHE_SECONDS,
-        "fsname": _escape(os.path.abspath(archive)), "subtype": "imgfs",
-    }
+    """The -o options for libfuse: read-only, named after the archive, plus the user's."""
+    opts: dict[str, Any] = {"ro": True, "fsname": _escape(os.path.abspath(archive)), "subtype": "imgfs"}
     if allow_other:
         opts["allow_other"] = True
     for item in (options or "").split(","):
         key, eq, value = item.strip().partition("=")
-        if not key:
+        if not key or key in _HIGH_LEVEL:
             continue
         if key == "rw":
             raise ImgfsError("imgfs mounts are read-only: option 'rw' is not supported")
@@ -100,10 +101,10 @@ def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[s
 
 
 def _argv(opts: dict[str, Any], debug: bool) -> list[str]:
-    """libfuse's command line: foreground (mount() daemonises by itself), one thread, the options."""
-    # -s: one thread. Every callback needs the GIL anyway, and libfuse's worker threads measured twice
-    # the CPU time per request (thread-state churn, GIL handoffs) for no gain in throughput.
-    args = ["-f", "-s"] + (["-d"] if debug else [])
+    """libfuse's command line: the options, and -d for its request log."""
+    # One thread serves every request (bridge.py): each callback needs the GIL anyway, and libfuse's worker
+    # threads measured twice the CPU time per request (thread-state churn, GIL handoffs) for no gain.
+    args = ["-d"] if debug else []
     return args + ["-o", ",".join(k if v is True else f"{k}={v}" for k, v in opts.items())]
 
 

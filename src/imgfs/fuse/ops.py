@@ -1,12 +1,14 @@
-"""The filesystem's answers over image trees: bytes paths in, stat tuples and bytes out, OSError(errno) on refusal.
+"""The filesystem's answers over image trees: inode numbers in, stat tuples and bytes out, OSError(errno) on refusal.
 
-Pure Python (no libfuse): bridge.py turns libfuse's callbacks into these calls.
+Pure Python (no libfuse): bridge.py turns libfuse's low-level callbacks into these calls. An inode number
+says where an entry is: tree slot << 48 | inode inside the tree (slot 0: the skeleton, whose root is 1).
+Inside a tree it is the entry's reference + 2 (hard links share one), so a file's inode alone finds its
+bytes; only directories, which lookups and listings need by path, are remembered by key.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import stat
@@ -15,7 +17,7 @@ import threading
 import cachetools
 
 from ..errors import ImgfsError
-from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK
+from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK, normalize
 from ..tree import Tree
 from ..tree.tree import MASK, SHIFT
 from .layout import DIR as SKEL_DIR
@@ -24,6 +26,8 @@ from .layout import TREE_SHIFT, Layout, Node
 
 IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: stat.S_IFCHR,
         BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
+ROOT_INO = 1
+_LOCAL = (1 << TREE_SHIFT) - 1
 _IMPLIED = 1 << (TREE_SHIFT - 1)  # local inode numbers of implied directories start here
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -38,19 +42,19 @@ def local_ino(key: bytes, ref: int) -> int:
     return ref + 2 if ref >= 0 else _IMPLIED - ref
 
 
-class _Handle:
-    """An open file: where its bytes are, and its path for the one log line a failure gets."""
-
-    __slots__ = ("tree", "ref", "path", "data", "fd", "base", "size")
-
-    def __init__(self, tree: Tree | None, ref: int, path: bytes, data: bytes = b"") -> None:
-        self.tree, self.ref, self.path, self.data = tree, ref, path, data
-        ext = tree.extent(ref) if tree is not None else None
-        self.fd, self.base, self.size = ext or (-1, 0, len(data))
-
-
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
+
+
+class _Where:
+    """Where a file's bytes are: an extent of the archive (fd, base, size), or a tree read, or bytes."""
+
+    __slots__ = ("node", "tree", "ref", "data", "fd", "base", "size")
+
+    def __init__(self, node: Node, tree: Tree | None, ref: int) -> None:
+        self.node, self.tree, self.ref, self.data = node, tree, ref, node.data
+        ext = tree.extent(ref) if tree is not None else None
+        self.fd, self.base, self.size = ext or (-1, 0, len(node.data))
 
 
 class ImgfsOps:
@@ -65,8 +69,10 @@ class ImgfsOps:
         self.mtime = st.st_mtime
         self.uid, self.gid = os.getuid(), os.getgid()
         self.on_ready: list = []  # callables run once libfuse has mounted and called init
-        self._handles: dict[int, _Handle] = {}
-        self._fh = itertools.count(1)
+        # Directories by inode, as lookups meet them: one key each (already held by the tree).
+        self._dir_keys: dict[int, bytes] = {}
+        # Files being read, by inode: a read is 128 KiB at most, so a 1 GiB file asks 8192 times.
+        self._where: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         # Messages already logged, so a broken file logs one line however often it is read:
         # at most 1024 short strings (well under 1 MiB).
         self._logged: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
@@ -80,60 +86,100 @@ class ImgfsOps:
             self._logged[message] = True
         self.log.error("%s", message)
 
-    def _locate(self, path: bytes) -> tuple[Node, bytes]:
-        hit = self.layout.locate(path)
-        if hit is None:
-            raise _err(errno.ENOENT)
-        return hit
-
-    def _tree(self, node: Node, path: bytes) -> Tree:
+    def _tree(self, node: Node) -> Tree:
         try:
             return node.get_tree()
         except (ImgfsError, OSError) as e:
-            self._log_once(f"{path.decode('utf-8', 'backslashreplace')}: {e}")
+            self._log_once(f"{node.path.decode('utf-8', 'backslashreplace')}: {e}")
             raise _err(errno.EIO) from None
 
-    def _entry(self, path: bytes) -> tuple[Node, Tree | None, bytes, int]:
-        """(node, tree, key, ref) for a path; tree is None for skeleton nodes."""
-        node, key = self._locate(path)
-        if node.load is None:
-            return node, None, key, 0
-        tree = self._tree(node, path)
-        ref = tree.nodes.get(key)
-        if ref is None:
+    def _resolve(self, ino: int) -> tuple[Node, Tree | None, int]:
+        """(node, tree, ref) of an inode; tree is None for skeleton nodes."""
+        slot = ino >> TREE_SHIFT
+        if slot == 0:
+            node = self.layout.by_ino.get(ino)
+            if node is None:
+                raise _err(errno.ENOENT)
+            return node, None, 0
+        if slot > len(self.layout.trees):
             raise _err(errno.ENOENT)
-        return node, tree, key, ref
+        node = self.layout.trees[slot - 1]
+        tree = self._tree(node)
+        local = ino & _LOCAL
+        if local == 1:
+            return node, tree, tree.nodes[b""]
+        ref = _IMPLIED - local if local >= _IMPLIED else local - 2
+        if ref >= 0:
+            idx = tree.indexes[ref >> SHIFT] if ref >> SHIFT < len(tree.indexes) else None
+            if idx is None or (ref & MASK) >= len(idx):
+                raise _err(errno.ENOENT)
+        return node, tree, ref
+
+    def _dir_key(self, ino: int, tree: Tree, ref: int) -> bytes:
+        """The key of a directory inode inside its tree (the root, or one a lookup returned)."""
+        if ino & _LOCAL == 1:
+            return b""
+        key = self._dir_keys.get(ino)
+        if key is None or tree.kind_code(ref) != DIR:
+            raise _err(errno.ENOTDIR)
+        return key
+
+    def _label(self, where: _Where) -> str:
+        """A file's path for a log line: its tree's mount path and its member name."""
+        path = where.node.path
+        if where.tree is not None and where.ref >= 0:
+            idx = where.tree.indexes[where.ref >> SHIFT]
+            if idx is not None:
+                path += b"/" + (normalize(idx.names[where.ref & MASK]) or b"?")
+        return path.decode("utf-8", "backslashreplace")
 
     # -- metadata ---------------------------------------------------------------------------
-    def getattr(self, path: bytes) -> Stat:
-        """stat() of a path: the entry's own mode, owner, size, mtime, nlink and a stable inode."""
-        node, tree, key, ref = self._entry(path)
-        if tree is None:
-            if node.kind == SKEL_FILE:
-                return node.ino, stat.S_IFREG | 0o444, 1, self.uid, self.gid, 0, len(node.data), self.mtime
-            return node.ino, stat.S_IFDIR | 0o555, 2, self.uid, self.gid, 0, 0, self.mtime
-        st = tree.stat(ref)
-        if not key and ref < 0:  # a layer with no '.' entry: date its directory by the layer's creation
-            st = st[:6] + (node.mtime if node.mtime is not None else self.mtime,)
-        return (node.ino - 1 | local_ino(key, ref),) + st
-
-    def readdir(self, path: bytes) -> list[tuple[bytes, int, int]]:
-        """(name, type bits, inode) of '.', '..' and every child, sorted by name."""
-        node, tree, key, ref = self._entry(path)
+    def lookup(self, parent: int, name: bytes) -> int:
+        """The inode of `name` in directory `parent`; ENOENT when there is none."""
+        node, tree, ref = self._resolve(parent)
         if tree is None:
             if node.kind != SKEL_DIR:
                 raise _err(errno.ENOTDIR)
-            out = [(b".", stat.S_IFDIR, node.ino), (b"..", stat.S_IFDIR, node.ino)]
-            base = b"" if path == b"/" else path
+            child = self.layout.nodes.get((b"" if node.path == b"/" else node.path) + b"/" + name)
+            if child is None:
+                raise _err(errno.ENOENT)
+            return child.ino
+        key = self._dir_key(parent, tree, ref)
+        ckey = key + b"/" + name if key else name
+        cref = tree.nodes.get(ckey)
+        if cref is None:
+            raise _err(errno.ENOENT)
+        ino = (parent & ~_LOCAL) | local_ino(ckey, cref)
+        if tree.kind_code(cref) == DIR:
+            self._dir_keys[ino] = ckey
+        return ino
+
+    def getattr(self, ino: int) -> Stat:
+        """stat() of an inode: the entry's own mode, owner, size, mtime, nlink and its inode number."""
+        node, tree, ref = self._resolve(ino)
+        if tree is None:
+            if node.kind == SKEL_FILE:
+                return ino, stat.S_IFREG | 0o444, 1, self.uid, self.gid, 0, len(node.data), self.mtime
+            return ino, stat.S_IFDIR | 0o555, 2, self.uid, self.gid, 0, 0, self.mtime
+        st = tree.stat(ref)
+        if ino & _LOCAL == 1 and ref < 0:  # a layer with no '.' entry: date its directory by the layer
+            st = st[:6] + (node.mtime if node.mtime is not None else self.mtime,)
+        return (ino,) + st
+
+    def readdir(self, ino: int) -> list[tuple[bytes, int, int]]:
+        """(name, type bits, inode) of '.', '..' and every child, sorted by name."""
+        node, tree, ref = self._resolve(ino)
+        out = [(b".", stat.S_IFDIR, ino), (b"..", stat.S_IFDIR, ino)]
+        if tree is None:
+            if node.kind != SKEL_DIR:
+                raise _err(errno.ENOTDIR)
+            base = b"" if node.path == b"/" else node.path
             for name in node.names:
                 child = self.layout.nodes[base + b"/" + name]
                 out.append((name, stat.S_IFREG if child.kind == SKEL_FILE else stat.S_IFDIR, child.ino))
             return out
-        if tree.kind_code(ref) != DIR:
-            raise _err(errno.ENOTDIR)
-        base_ino = node.ino - 1
-        me = base_ino | local_ino(key, ref)
-        out = [(b".", stat.S_IFDIR, me), (b"..", stat.S_IFDIR, me)]
+        key = self._dir_key(ino, tree, ref)
+        base_ino = ino & ~_LOCAL
         nodes = tree.nodes
         # The kind arrays of the tree's layers, indexed as kind_code() does, without a call per child.
         kinds = [idx.kinds if idx is not None else b"" for idx in tree.indexes]
@@ -146,112 +192,114 @@ class ImgfsOps:
                 out.append((child[cut:], stat.S_IFDIR, base_ino | _IMPLIED - r))
         return out
 
-    def readlink(self, path: bytes) -> bytes:
+    def readlink(self, ino: int) -> bytes:
         """A symlink's target exactly as stored (absolute ones too)."""
-        _, tree, key, ref = self._entry(path)
+        _, tree, ref = self._resolve(ino)
         if tree is None or tree.kind_code(ref) != SYMLINK:
             raise _err(errno.EINVAL)
-        return tree.entry_for(key, ref).linkname or b""
+        idx = tree.indexes[ref >> SHIFT]
+        return idx.links.get(ref & MASK, b"") if idx is not None else b""
 
-    def listxattr(self, path: bytes) -> list[bytes]:
+    def listxattr(self, ino: int) -> list[bytes]:
         """Names of the entry's extended attributes (from PAX records)."""
-        _, tree, _, ref = self._entry(path)
+        _, tree, ref = self._resolve(ino)
         if tree is None:
             return []
         return [os.fsencode(n) for n in tree.xattrs(ref)]
 
-    def getxattr(self, path: bytes, name: bytes) -> bytes:
+    def getxattr(self, ino: int, name: bytes) -> bytes:
         """One extended attribute's value; ENODATA when the entry has no such attribute."""
-        _, tree, _, ref = self._entry(path)
+        _, tree, ref = self._resolve(ino)
         value = tree.xattrs(ref).get(os.fsdecode(name)) if tree is not None else None
         if value is None:
             raise _err(errno.ENODATA)
         return value
 
-    def access(self, path: bytes, mode: int) -> int:
+    def access(self, ino: int, mode: int) -> int:
         """Everything that exists may be read by the mounting user; nothing may be written."""
-        self._entry(path)
+        self._resolve(ino)
         if mode & os.W_OK:
             raise _err(errno.EROFS)
         return 0
 
-    def statfs(self, path: bytes) -> dict[str, int]:
+    def statfs(self) -> dict[str, int]:
         """Sizes as statvfs fields: the archive's size, nothing free."""
-        files = len(self.layout.nodes) + sum(len(n.tree) for n in self.layout.nodes.values() if n.tree is not None)
+        files = len(self.layout.nodes) + sum(len(n.tree) for n in self.layout.trees if n.tree is not None)
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": (self.archive_size + 4095) // 4096,
                 "f_bfree": 0, "f_bavail": 0, "f_files": files, "f_ffree": 0, "f_favail": 0,
                 "f_namemax": 255}
 
+    def lookup_path(self, path: bytes) -> int:
+        """The inode of a path from the mount root, by one lookup per component (for callers outside FUSE)."""
+        ino = ROOT_INO
+        for name in path.split(b"/"):
+            if name:
+                ino = self.lookup(ino, name)
+        return ino
+
     # -- content ----------------------------------------------------------------------------
-    def open(self, path: bytes, flags: int) -> int:
-        """A handle for reading a regular file; EROFS for any write intent."""
+    def open(self, ino: int, flags: int) -> None:
+        """Check that an inode may be opened for reading: EROFS for any write intent."""
         if flags & _WRITE_FLAGS:
             raise _err(errno.EROFS)
-        node, tree, _, ref = self._entry(path)
+        node, tree, ref = self._resolve(ino)
         if tree is None:
             if node.kind != SKEL_FILE:
                 raise _err(errno.EISDIR)
-            handle = _Handle(None, 0, path, node.data)
-        else:
-            k = tree.kind_code(ref)
-            if k == DIR:
-                raise _err(errno.EISDIR)
-            if k != FILE:  # devices and fifos are the kernel's business; nothing is behind them here
-                raise _err(errno.ENXIO)
-            handle = _Handle(tree, ref, path)
-        fh = next(self._fh)
-        self._handles[fh] = handle
-        return fh
+            return
+        k = tree.kind_code(ref)
+        if k == DIR:
+            raise _err(errno.EISDIR)
+        if k != FILE:  # devices and fifos are the kernel's business; nothing is behind them here
+            raise _err(errno.ENXIO)
 
-    def read(self, fh: int, size: int, offset: int) -> bytes:
-        """Bytes of an open file; EIO (logged once) when the archive cannot serve them."""
-        h = self._handles[fh]
+    def _where_of(self, ino: int) -> _Where:
+        where = self._where.get(ino)
+        if where is None:
+            node, tree, ref = self._resolve(ino)
+            k = tree.kind_code(ref) if tree is not None else (FILE if node.kind == SKEL_FILE else DIR)
+            if k != FILE:
+                raise _err(errno.EISDIR if k == DIR else errno.EINVAL)
+            where = self._where[ino] = _Where(node, tree, ref)
+        return where
+
+    def read(self, ino: int, size: int, offset: int) -> bytes:
+        """Bytes of a file; EIO (logged once) when the archive cannot serve them."""
+        where = self._where_of(ino)
         if offset < 0:
             raise _err(errno.EINVAL)
-        if h.tree is None:
-            return h.data[offset:offset + size]
+        if where.tree is None:
+            return where.data[offset:offset + size]
         try:
-            return h.tree.read(h.ref, offset, size)
+            return where.tree.read(where.ref, offset, size)
         except (ImgfsError, OSError) as e:
-            self._log_once(f"{h.path.decode('utf-8', 'backslashreplace')}: {e}")
+            self._log_once(f"{self._label(where)}: {e}")
             raise _err(errno.EIO) from None
 
-    def locate_read(self, fh: int, size: int, offset: int) -> tuple[int, int, int] | bytes:
+    def locate_read(self, ino: int, size: int, offset: int) -> tuple[int, int, int] | bytes:
         """Where a read's bytes are: (fd, position, count) for libfuse to read itself, else the bytes."""
-        h = self._handles[fh]
+        where = self._where_of(ino)
         if offset < 0:
             raise _err(errno.EINVAL)
-        if h.fd < 0:
-            return self.read(fh, size, offset)
-        want = max(0, min(size, h.size - offset))
-        end = h.base + offset + want
+        if where.fd < 0:
+            return self.read(ino, size, offset)
+        want = max(0, min(size, where.size - offset))
+        end = where.base + offset + want
         try:
-            if want and os.fstat(h.fd).st_size < end:
+            if want and os.fstat(where.fd).st_size < end:
                 raise _err(errno.EIO)  # libfuse would send the short read as if it were the whole file
         except OSError as e:
-            self._log_once(f"{h.path.decode('utf-8', 'backslashreplace')}: the archive changed: "
+            self._log_once(f"{self._label(where)}: the archive changed: "
                            + ("it is now shorter than this file's data" if e.errno == errno.EIO else e.strerror))
             raise _err(errno.EIO) from None
-        return h.fd, h.base + offset, want
-
-    def release(self, fh: int) -> int:
-        """Forget a handle."""
-        self._handles.pop(fh, None)
-        return 0
+        return where.fd, where.base + offset, want
 
     # -- lifecycle --------------------------------------------------------------------------
-    def init(self, path: object = None) -> None:
+    def init(self) -> None:
         """libfuse has mounted: tell whoever waits."""
         for cb in self.on_ready:
             cb()
 
-    def destroy(self, path: object = None) -> None:
+    def destroy(self) -> None:
         """Unmounted: nothing is left to release here (the archive is closed by mount())."""
-        self._handles.clear()
-
-    # -- every write is refused (the bridge answers EROFS itself; these are for direct callers) --
-    def _erofs(self, *args: object) -> int:
-        raise _err(errno.EROFS)
-
-    chmod = chown = create = link = mkdir = mknod = rename = rmdir = symlink = truncate = _erofs
-    unlink = utimens = write = setxattr = removexattr = _erofs
+        self._where.clear()

@@ -1,0 +1,89 @@
+"""The low-level bridge: directory listings on the wire, big directories, and what the kernel keeps."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+import fuse
+from conftest import IMAGES
+from imgfs.fuse import bridge
+from tarindex.tarmaker import END, ArchiveBuilder, config_for, member
+
+
+def test_dirents_are_packed_as_libfuse_packs_them() -> None:
+    lib = ctypes.CDLL(fuse._libfuse._name)
+    lib.fuse_add_direntry.restype = ctypes.c_size_t
+    lib.fuse_add_direntry.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                      ctypes.POINTER(fuse.c_stat), ctypes.c_int64]
+    entries = [(b".", stat.S_IFDIR, 7), (b"..", stat.S_IFDIR, 7), (b"a", stat.S_IFREG, 1 << 48 | 9),
+               (b"x" * 255, stat.S_IFLNK, 3), (b"caf\xe9", stat.S_IFCHR, 4), (b"1234567", stat.S_IFIFO, 5)]
+    expected = b""
+    for n, (name, mode, ino) in enumerate(entries):
+        st = fuse.c_stat(st_mode=mode, st_ino=ino)
+        size = lib.fuse_add_direntry(None, None, 0, name, None, 0)
+        buf = ctypes.create_string_buffer(size)
+        assert lib.fuse_add_direntry(None, buf, size, name, ctypes.byref(st), n + 1) == size
+        expected += buf.raw
+    data, ends = bridge.pack_dir(entries)
+    assert data == expected
+    assert ends[-1] == len(data) and ends == sorted(ends) and all(e % 8 == 0 for e in ends)
+
+
+@pytest.fixture
+def big_dir(tmp_path: Path) -> tuple[Path, list[str]]:
+    """An image with one directory far bigger than a READDIR request (4 KiB): 3000 names of 6-95 bytes."""
+    names = [f"{n:05d}-" + "n" * (n % 90) for n in range(3000)]
+    layer = member(b"big/", typeflag=b"5") + b"".join(member(b"big/" + n.encode(), b"x") for n in names) + END
+    b = ArchiveBuilder()
+    b.add("manifest.json", [b.docker_image([layer], ["big:1"], config_for([layer]))])
+    return Path(b.save(tmp_path / "bigdir.tar")), names
+
+
+def test_a_directory_listed_over_many_requests_is_whole_every_time(mounter, big_dir) -> None:
+    archive, names = big_dir
+    mp = mounter(archive)
+    for top in (mp / "merged" / "big", next((mp / "layers").iterdir()) / "big"):
+        for _ in range(2):  # the second listing comes from the kernel's cache
+            assert sorted(os.listdir(top)) == names
+            with os.scandir(top) as it:
+                seen = {e.name: (e.inode(), e.is_file()) for e in it}
+            assert len({ino for ino, _ in seen.values()}) == len(names)
+            assert all(is_file for _, is_file in seen.values())
+            assert os.lstat(top / names[-1]).st_ino == seen[names[-1]][0]
+
+
+def _requests(log: Path) -> list[str]:
+    return re.findall(r"opcode: ([A-Z_]+)", log.read_text())
+
+
+def _walk(top: Path) -> int:
+    count = 0
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.lstat(os.path.join(root, name))
+            count += 1
+    return count
+
+
+def test_a_second_walk_is_answered_by_the_kernel(mounter, tmp_path: Path) -> None:
+    log = tmp_path / "debug.log"
+    mp = mounter(IMAGES / "multi.docker-oci.tar", debug=True, log_file=str(log))
+    first = _walk(mp)
+    before = _requests(log)
+    assert _walk(mp) == first > 1000
+    after = _requests(log)[len(before):]
+    minor = int(re.search(r"INIT: 7\.(\d+)", log.read_text()).group(1))  # what the kernel speaks
+    # Symlinks that os.walk follows to learn whether they lead to a directory are read each time:
+    # libfuse 2 cannot tell the kernel to keep their targets (FUSE_CACHE_SYMLINKS).
+    after = [op for op in after if op != "READLINK"]
+    if minor >= 29:  # Linux >= 5.1: files and directories open without asking, listings are cached
+        assert after == [], after
+        assert "OPENDIR" in before and "RELEASEDIR" not in before and "RELEASE" not in before
+    else:  # older kernels still open and list, but never look a name up again
+        assert set(after) <= {"OPENDIR", "READDIR", "RELEASEDIR"}, after
