@@ -12,7 +12,6 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from .errors import ImgfsError
 from .tree import Entry, Tree
@@ -23,18 +22,12 @@ _O_PATH = getattr(os, "O_PATH", 0)
 _SPECIAL = {"fifo": stat.S_IFIFO, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
 
 
-@dataclass
 class ExtractStats:
     """What an extraction wrote, and the entries it could not write (one message each)."""
 
-    files: int = 0
-    bytes: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    special: int = 0
-    skipped: int = 0
-    errors: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.files = self.bytes = self.dirs = self.symlinks = self.hardlinks = self.special = self.skipped = 0
+        self.errors: list[str] = []
 
     def summary(self) -> str:
         """A one-line account, e.g. '3 files (120 bytes), 1 directory, 1 symlink'."""

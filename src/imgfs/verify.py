@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .archive import Image
 from .errors import ImgfsError
@@ -14,15 +13,14 @@ from .tarindex import Source
 _CHUNK = 4 << 20
 
 
-@dataclass
 class Check:
     """One comparison: what was checked, the digest expected, the digest found, and whether they agree."""
 
-    what: str
-    expected: str | None
-    actual: str | None
-    ok: bool
-    error: str | None = None
+    def __init__(self, what: str, expected: str | None, actual: str | None, ok: bool, error: str | None = None) -> None:
+        self.what, self.expected, self.actual, self.ok, self.error = what, expected, actual, ok, error
+
+    def __repr__(self) -> str:
+        return f"Check({self.what!r}, ok={self.ok}, error={self.error!r})"
 
 
 def _hash(src: Source, algorithm: str, progress: Callable[[int, int], None] | None) -> str:

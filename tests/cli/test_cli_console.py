@@ -83,3 +83,16 @@ def test_terminal_gets_header_and_aligned_columns():
     assert "\t" not in "".join(lines)
     assert lines[1].startswith("1  1 Imported from -") and " 2.0M " in lines[1] and "d7757ec0e982 " in lines[1]
     assert lines[4].index("ab33c891bd44") == lines[1].index("d7757ec0e982")
+
+
+@pytest.mark.skipif(SCRIPT is None, reason="imgfs console script not installed")
+def test_console_script_exits_fast_without_losing_output_or_status():
+    # The script leaves with os._exit (no interpreter teardown): every byte must still arrive, and the status.
+    archive = str(IMAGES / "multi.docker-oci.tar")
+    argv = ["find", archive, "--image", "seed:latest", "--json"]
+    fast = _run([SCRIPT, *argv])
+    slow = _run([sys.executable, "-c", f"import sys; from imgfs.cli import main; sys.exit(main({argv!r}))"])
+    assert fast.returncode == slow.returncode == 0, fast.stderr
+    assert len(fast.stdout) > 100_000 and fast.stdout == slow.stdout
+    res = _run([SCRIPT, "cat", archive, "/nope"])
+    assert res.returncode == 1 and res.stderr.startswith(b"imgfs: ")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import ImgfsError
@@ -144,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.completion)
     p.add_argument("shell", choices=["bash", "zsh"])
     return parser
+
+
+def run() -> NoReturn:
+    """The console script: main(), then exit without tearing the interpreter down (~15 ms a command)."""
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            stream.flush()
+    os._exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

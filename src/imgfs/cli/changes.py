@@ -7,7 +7,7 @@ includes it, so whiteouts and opaque directories show up as deletions of exactly
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..archive import Image, Layer
 from ..errors import ImgfsError
@@ -18,8 +18,7 @@ from ..tree.tree import MASK, SHIFT
 WHITEOUT = b".wh."
 
 
-@dataclass
-class Change:
+class Change(NamedTuple):
     """One path a layer added (A), modified (M) or deleted (D)."""
 
     code: str
@@ -29,30 +28,23 @@ class Change:
     size_change: int
 
 
-@dataclass
 class Totals:
     """Per layer: the files it writes and their bytes, the bytes later layers hide, and change counts."""
 
-    files: int = 0
-    bytes: int = 0
-    wasted: int = 0
-    added: int = 0
-    modified: int = 0
-    deleted: int = 0
-    deleted_bytes: int = 0
+    def __init__(self) -> None:
+        self.files = self.bytes = self.wasted = self.added = self.modified = self.deleted = self.deleted_bytes = 0
 
     def as_dict(self) -> dict[str, int]:
         """The totals as a JSON object."""
         return dict(self.__dict__)
 
 
-@dataclass
-class LayerChanges:
+class LayerChanges(NamedTuple):
     """A layer, its totals and (from `diff`) its changes sorted by path."""
 
     layer: Layer
     totals: Totals
-    changes: list[Change] = field(default_factory=list)
+    changes: list[Change]
 
 
 def _file_size(tree: Tree, ref: int) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import platform as _pf
-
 from ..errors import FormatError, SelectionError
 from .docker import parse_manifest_json
 from .model import ImageDesc, LayerDesc, MemberReader
@@ -58,7 +56,9 @@ def _enrich(images: list[ImageDesc], oci: list[ImageDesc]) -> None:
 
 def host_platform() -> str:
     """This machine's platform in OCI terms, e.g. linux/amd64."""
-    m = _pf.machine().lower()
+    import platform  # here, not at the top: every command imports this package, few need the host
+
+    m = platform.machine().lower()
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
             "armv7l": "arm/v7", "armv6l": "arm/v6", "i686": "386", "i386": "386"}.get(m, m)
     return f"linux/{arch}"

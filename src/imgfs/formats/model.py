@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import FormatError
@@ -23,32 +22,34 @@ class MemberReader(Protocol):
         ...
 
 
-@dataclass
+# Plain classes, not dataclasses: importing dataclasses (and with it inspect) costs every command ~15 ms.
 class LayerDesc:
     """One layer blob as the manifest names it."""
 
-    member: str
-    digest: str | None = None
-    diff_id: str | None = None
-    media_type: str | None = None
-    size: int | None = None
+    __slots__ = ("member", "digest", "diff_id", "media_type", "size")
+
+    def __init__(self, member: str, digest: str | None = None, diff_id: str | None = None,
+                 media_type: str | None = None, size: int | None = None) -> None:
+        self.member, self.digest, self.diff_id, self.media_type, self.size = member, digest, diff_id, media_type, size
+
+    def __repr__(self) -> str:
+        return f"LayerDesc({self.member!r}, digest={self.digest!r}, diff_id={self.diff_id!r})"
 
 
-@dataclass
 class ImageDesc:
     """One image of an archive: its names, config, platform and layers, bottom first."""
 
-    refs: list[str]
-    config_member: str
-    config_bytes: bytes
-    config: dict[str, Any]
-    layers: list[LayerDesc]
-    source: str
-    digest: str | None = None
-    config_digest: str | None = None
-    manifest_bytes: bytes | None = None
-    platform: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    def __init__(self, refs: list[str], config_member: str, config_bytes: bytes, config: dict[str, Any],
+                 layers: list[LayerDesc], source: str, digest: str | None = None, config_digest: str | None = None,
+                 manifest_bytes: bytes | None = None, platform: str | None = None,
+                 warnings: list[str] | None = None) -> None:
+        self.refs, self.config_member, self.config_bytes, self.config = refs, config_member, config_bytes, config
+        self.layers, self.source, self.digest, self.config_digest = layers, source, digest, config_digest
+        self.manifest_bytes, self.platform = manifest_bytes, platform
+        self.warnings: list[str] = warnings if warnings is not None else []
+
+    def __repr__(self) -> str:
+        return f"ImageDesc(refs={self.refs!r}, config_member={self.config_member!r}, platform={self.platform!r})"
 
 
 def load_json(data: bytes, what: str) -> Any:

@@ -15,7 +15,6 @@ import errno
 import logging
 import math
 import os
-import platform
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +48,7 @@ class _BufVec(ctypes.Structure):
 
 # fusepy's struct stat stops at the last field it names; the C one has reserved words after it, and a
 # struct that embeds it (fuse_entry_param) must place what follows where C does.
-_STAT_SIZE = {"x86_64": 144, "aarch64": 128}.get(platform.machine(), ctypes.sizeof(fuse.c_stat))
+_STAT_SIZE = {"x86_64": 144, "aarch64": 128}.get(os.uname().machine, ctypes.sizeof(fuse.c_stat))
 
 
 class _EntryParam(ctypes.Structure):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from ..archive import Archive, Image
@@ -17,18 +16,17 @@ DIR, FILE, TREE = range(3)
 TREE_SHIFT = 48  # inode = tree slot << 48 | inode inside the tree; slot 0 is the skeleton (the root is 1)
 
 
-@dataclass(slots=True, eq=False)
 class Node:
     """A skeleton entry: a directory, a small file, or the root of a tree (built on first use)."""
 
-    kind: int
-    ino: int
-    path: bytes = b"/"
-    names: tuple[bytes, ...] = ()
-    data: bytes = b""
-    load: Callable[[], Tree] | None = None
-    tree: Tree | None = None
-    mtime: float | None = None  # for a tree whose root no layer describes: when its layer was made
+    __slots__ = ("kind", "ino", "path", "names", "data", "load", "tree", "mtime")
+
+    def __init__(self, kind: int, ino: int, path: bytes, data: bytes = b"", load: Callable[[], Tree] | None = None,
+                 mtime: float | None = None) -> None:
+        self.kind, self.ino, self.path, self.data, self.load = kind, ino, path, data, load
+        self.names: tuple[bytes, ...] = ()
+        self.tree: Tree | None = None
+        self.mtime = mtime  # for a tree whose root no layer describes: when its layer was made
 
     def get_tree(self) -> Tree:
         """The tree mounted here, built on first access (the engine keeps it)."""

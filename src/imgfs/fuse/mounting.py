@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import logging.handlers
 import os
 import select
 import shutil
@@ -29,6 +28,8 @@ log = logging.getLogger("imgfs.fuse")
 
 def _load_bridge() -> Any:
     """Import the libfuse binding (fusepy loads libfuse.so.2 on import)."""
+    # By soname: fusepy would otherwise search with ctypes.util.find_library, which runs `ldconfig -p`.
+    os.environ.setdefault("FUSE_LIBRARY_PATH", "libfuse.so.2")
     try:
         from . import bridge
     except ImportError as e:
@@ -174,7 +175,9 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
             os.write(2, text)
 
     ops.on_ready.append(ready)
-    threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild", daemon=True).start()
+    # Started once the kernel has the mount, so that the handshake does not wait for the GIL.
+    ops.on_ready.append(lambda: threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild",
+                                                 daemon=True).start())
     # libfuse installs its own unmounting handlers only over the default disposition.
     saved: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -200,7 +203,9 @@ def _daemon(status_fd: int, archive: str, chosen: list[int], mp: str, opts: dict
         logfd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         handler: logging.Handler = logging.StreamHandler(os.fdopen(os.dup(logfd), "a", buffering=1))
     elif os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        from logging.handlers import SysLogHandler  # only here: it brings in socket and pickle
+
+        handler = SysLogHandler(address="/dev/log")
     else:
         handler = logging.NullHandler()
     os.dup2(devnull, 0)

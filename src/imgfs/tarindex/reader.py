@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import struct
-import urllib.parse
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from ..errors import FormatError, TruncatedError
 from .source import Source
@@ -102,26 +100,26 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     return recs
 
 
-@dataclass
 class MemberIndex:
     """The members of one tar stream in parallel arrays: 48 bytes a member plus its name."""
 
-    names: list[bytes] = field(default_factory=list)
-    kinds: bytearray = field(default_factory=bytearray)
-    modes: array = field(default_factory=lambda: array("q"))
-    uids: array = field(default_factory=lambda: array("q"))
-    gids: array = field(default_factory=lambda: array("q"))
-    sizes: array = field(default_factory=lambda: array("q"))
-    mtimes: array = field(default_factory=lambda: array("q"))  # whole seconds
-    offsets: array = field(default_factory=lambda: array("q"))  # of the data in the stream
-    mtime_frac: dict[int, float] = field(default_factory=dict)  # PAX sub-second parts, rare
-    links: dict[int, bytes] = field(default_factory=dict)
-    devices: dict[int, tuple[int, int]] = field(default_factory=dict)
-    xattrs: dict[int, dict[str, bytes]] = field(default_factory=dict)
-    broken: dict[int, str] = field(default_factory=dict)  # members that cannot be read, and why
-    skipped: list[str] = field(default_factory=list)  # members left out (invalid names ...)
-    error: str | None = None  # set when the stream ended early or went bad; members so far stay
-    end: int = 0  # offset just past the last member's data
+    def __init__(self) -> None:
+        self.names: list[bytes] = []
+        self.kinds = bytearray()
+        self.modes = array("q")
+        self.uids = array("q")
+        self.gids = array("q")
+        self.sizes = array("q")
+        self.mtimes = array("q")  # whole seconds
+        self.offsets = array("q")  # of the data in the stream
+        self.mtime_frac: dict[int, float] = {}  # PAX sub-second parts, rare
+        self.links: dict[int, bytes] = {}
+        self.devices: dict[int, tuple[int, int]] = {}
+        self.xattrs: dict[int, dict[str, bytes]] = {}
+        self.broken: dict[int, str] = {}  # members that cannot be read, and why
+        self.skipped: list[str] = []  # members left out (invalid names ...)
+        self.error: str | None = None  # set when the stream ended early or went bad; members so far stay
+        self.end = 0  # offset just past the last member's data
 
     def __len__(self) -> int:
         return len(self.names)
@@ -335,6 +333,8 @@ def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None,
             xattrs[k[13:].decode("utf-8", "surrogateescape")] = v
         elif k.startswith(b"LIBARCHIVE.xattr."):
             xattrs = xattrs or {}
+            import urllib.parse  # rare (LIBARCHIVE.xattr records), and slow to import
+
             key = urllib.parse.unquote_to_bytes(k[17:]).decode("utf-8", "surrogateescape")
             try:
                 xattrs[key] = base64.b64decode(v)

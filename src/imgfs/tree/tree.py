@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import FormatError, NotFoundError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, KIND_NAMES, SYMLINK, MemberIndex
@@ -20,8 +20,7 @@ _S_IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: s
 MAX_LINK_HOPS = 40
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """What a tree knows about one path (made on demand, never stored)."""
 
     path: bytes
