@@ -377,6 +377,22 @@ def test_bad_checksum_later_keeps_the_members_before() -> None:
     assert "checksum" in (idx.error or "")
 
 
+@pytest.mark.parametrize("fill", [0x7F, 0xFF])
+def test_checksum_is_exact_for_headers_full_of_bytes(fill: int) -> None:
+    # A header with more than 256 non-zero bytes (long name, prefix and link target) takes the exact sum,
+    # the others a shortcut through Adler-32; either way a checksum off by one, or by 65521, is refused.
+    name, prefix, link = bytes([fill]) * 99, bytes([fill]) * 154, bytes([fill]) * 99
+    for kw in ({"prefix": prefix, "linkname": link, "typeflag": b"2"}, {}):
+        good = header(name, **kw)  # type: ignore[arg-type]
+        assert (good.count(0) >= 256) == (not kw)
+        assert one(good + END)["name"].endswith(name)
+        right = int(good[148:154], 8)
+        for wrong in (right + 1, right - 65521, right + 65521):
+            if 0 <= wrong < 8 ** 6:
+                with pytest.raises(FormatError, match="checksum"):
+                    index_of(header(name, checksum=wrong, **kw) + END)  # type: ignore[arg-type]
+
+
 def test_signed_checksum_of_old_tars_is_accepted() -> None:
     block = header(b"caf\xe9\xff")
     signed = sum(b - 256 if b > 127 else b for b in block[:148] + b" " * 8 + block[156:])
