@@ -87,3 +87,25 @@ def test_a_second_walk_is_answered_by_the_kernel(mounter, tmp_path: Path) -> Non
         assert "OPENDIR" in before and "RELEASEDIR" not in before and "RELEASE" not in before
     else:  # older kernels still open and list, but never look a name up again
         assert set(after) <= {"OPENDIR", "READDIR", "RELEASEDIR"}, after
+
+
+def test_listing_slices_hold_whole_entries_and_resume_at_the_next() -> None:
+    entries = [(f"name-{n}".encode() * (n % 7 + 1), stat.S_IFREG, n + 2) for n in range(500)]
+    listing = bridge.pack_dir(entries)
+    for size in (300, 1000, 4096):  # the kernel asks for a page; one entry takes at most 24 + 255 + 7 bytes
+        got, offset = b"", 0
+        while True:
+            chunk = bridge.dir_slice(listing, offset, size)
+            if not chunk:
+                break
+            assert len(chunk) <= size
+            got += chunk
+            pos = 0
+            while pos < len(chunk):  # walk the chunk's entries: each names the offset of the next
+                _, nxt, namelen, _ = bridge._DIRENT.unpack_from(chunk, pos)
+                pos += (bridge._DIRENT.size + namelen + 7) & ~7
+            assert pos == len(chunk)
+            offset = nxt
+        assert got == listing[0]
+    for nonsense in (-1, 501, 10**12):
+        assert bridge.dir_slice(listing, nonsense, 4096) == b""

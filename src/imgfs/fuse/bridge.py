@@ -142,6 +142,13 @@ def pack_dir(entries: list[tuple[bytes, int, int]]) -> tuple[bytes, list[int]]:
     return b"".join(parts), ends
 
 
+def dir_slice(listing: tuple[bytes, list[int]], offset: int, size: int) -> bytes:
+    """The whole entries of a packed listing from entry number `offset` that fit in `size` bytes."""
+    data, ends = listing
+    start = ends[offset if 0 <= offset < len(ends) else -1]  # past the end (or nonsense): nothing more
+    return data[start:ends[bisect.bisect_right(ends, start + size) - 1]]
+
+
 def _fill(st: Any, s: Stat) -> None:
     """Fill a struct stat in place from a Stat tuple."""
     st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_size, mtime = s
@@ -291,10 +298,8 @@ class Bridge:
         hit = self._listings.get(ino) if offset else None
         if hit is None:
             hit = self._listings[ino] = pack_dir(self.operations.readdir(ino))
-        data, ends = hit
-        start = ends[min(offset, len(ends) - 1)] if offset >= 0 else 0
-        stop = ends[bisect.bisect_right(ends, start + size) - 1]
-        _lib.fuse_reply_buf(req, data[start:stop], stop - start)
+        data = dir_slice(hit, offset, size)
+        _lib.fuse_reply_buf(req, data, len(data))
 
     def statfs(self, req: int, ino: int) -> None:
         """statvfs() fields."""
