@@ -17,6 +17,7 @@ import imgfs
 from conftest import IMAGES, TRUTH, archives, truth_index
 from imgfs import Archive, Image
 from imgfs.errors import SelectionError
+from imgfs.tarindex import meta_digest
 from tarindex.tarmaker import ArchiveBuilder, F, config_for, digest_of, tar_of
 from truthlib import diff, listing_from_tree, load_truth
 
@@ -362,3 +363,30 @@ def test_zstd_spool_cache_is_not_poisoned_by_a_lying_archive(tmp_path: Path) -> 
     cache = tmp_path / "cache"
     assert _tree_files(paths["evil"], cache_dir=cache) == {b"a": b"X", b"b": b"Y"}
     assert _tree_files(paths["good"], cache_dir=cache) == {b"a": b"1", b"b": b"2"}
+
+
+@pytest.mark.parametrize("name", ["seed.docker-oci.tar", "links.docker-oci.tar", "meta.docker-legacy.tar",
+                                  "seed.skopeo-oci-zstd.tar", "whiteout.podman-oci.tar"])
+def test_scan_digest_is_what_the_check_recomputes(name: str) -> None:
+    with imgfs.open_archive(IMAGES / name, use_cache=False) as a:
+        for la in a.image().layers:
+            idx = la.index()
+            assert idx.meta_digest is not None and meta_digest(idx, la.source()) == idx.meta_digest
+
+
+def test_a_shared_index_is_refused_where_one_header_byte_differs(tmp_path: Path) -> None:
+    # Same names, sizes, first and last member: only one mode differs. The spot check of a cached index
+    # would pass; the digest of every header does not, so the good archive's view stays its own.
+    good = tar_of([F("a", b"1"), F("run.sh", b"#!/bin/sh\n", mode=0o755), F("z", b"3")])
+    evil = tar_of([F("a", b"1"), F("run.sh", b"#!/bin/sh\n", mode=0o4777), F("z", b"3")])
+    assert len(good) == len(evil)
+    paths = {}
+    for name, layer in (("evil", evil), ("good", good)):
+        b = ArchiveBuilder()
+        b.oci_index([b.oci_image([layer], config=config_for([good]))])  # both claim the good diff_id
+        paths[name] = b.save(tmp_path / f"{name}.tar")
+    cache = tmp_path / "cache"
+    for name in ("evil", "good", "evil", "good"):  # each overwrites the shared entry; neither sees the other
+        with imgfs.open_archive(paths[name], cache_dir=cache) as a:
+            mode = a.image().merged().entry("run.sh").mode
+        assert mode == (0o4777 if name == "evil" else 0o755), name

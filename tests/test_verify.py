@@ -42,13 +42,14 @@ def test_flipped_byte_is_reported_for_its_layer(name: str, tmp_path) -> None:
     assert all(c.what.startswith(f"layer {len(img.layers)}") for c in bad), [c.what for c in bad]
 
 
-def test_verified_layers_are_shared_between_archives_unverified_are_not(tmp_path, monkeypatch) -> None:
+def test_layers_are_shared_between_archives_once_their_headers_match(tmp_path, monkeypatch) -> None:
     first, second = tmp_path / "first.tar", tmp_path / "second.tar"
     shutil.copy(IMAGES / "seed.docker-oci.tar", first)
     shutil.copy(IMAGES / "seed.docker-oci.tar", second)
     cache = tmp_path / "cache"
     with imgfs.open_archive(first, cache_dir=cache) as a:
         want = {la.diff_id: list(la.index().names) for la in a.image().layers}
+        assert all(la.index().meta_digest for la in a.image().layers)
 
     import imgfs.archive as archive_module
 
@@ -56,16 +57,20 @@ def test_verified_layers_are_shared_between_archives_unverified_are_not(tmp_path
     real_scan = archive_module.scan
     monkeypatch.setattr(archive_module, "scan", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
     with imgfs.open_archive(second, cache_dir=cache) as b:
-        for la in b.image().layers:
-            la.index()
-    # one scan of the outer archive, then one per layer
-    assert len(scans) == 1 + len(want), "an index claimed by another, unverified archive was trusted"
+        got = {la.diff_id: list(la.index().names) for la in b.image().layers}
+    assert len(scans) == 1 and got == want  # only the outer archive was scanned: every layer came shared
+    checks: list[object] = []
+    real_check = archive_module.meta_digest
+    monkeypatch.setattr(archive_module, "meta_digest", lambda *a: checks.append(a) or real_check(*a))
+    with imgfs.open_archive(second, cache_dir=cache) as b:  # again: its pointers say which digest it matched
+        assert {la.diff_id: list(la.index().names) for la in b.image().layers} == want
+    assert checks == [] and len(scans) == 2
 
-    with imgfs.open_archive(first, cache_dir=cache) as a:
+    with imgfs.open_archive(first, cache_dir=cache) as a:  # verify still offers (rewrites) them, harmlessly
         assert all(c.ok for c in verify_image(a.image()))
     scans.clear()
     third = tmp_path / "third.tar"
     shutil.copy(IMAGES / "seed.docker-oci.tar", third)
     with imgfs.open_archive(third, cache_dir=cache) as c:
         got = {la.diff_id: list(la.index().names) for la in c.image().layers}
-    assert len(scans) == 1 and got == want  # only the outer archive was scanned
+    assert len(scans) == 1 and got == want

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -11,7 +13,7 @@ from . import formats
 from .errors import FormatError, ImgfsError, SelectionError
 from .formats import ImageDesc, LayerDesc
 from .formats.model import MAX_JSON
-from .tarindex import FileSource, MemberIndex, Source, scan
+from .tarindex import FileSource, MemberIndex, Source, meta_digest, scan
 from .tarindex.compressed import GzipSource, open_stream
 from .tarindex.reader import HARDLINK, SYMLINK, normalize
 from .tarindex.source import SliceSource
@@ -350,11 +352,18 @@ class Archive:
                 raise self._index_errors[member]
         try:
             src, _ = self.blob(member)
-            idx = self._cached_index(src, member, diff_id)
+            idx, found = self._cached_index(src, member, diff_id)
             if idx is None:
                 idx = scan(src, self._scan_progress(f"indexing {member}"))
-                if self.store is not None:
+            if self.store is not None and found != "origin":
+                shared = diff_id if diff_id and idx.meta_digest and self._shareable(src) else None
+                if shared is None:
                     self.store.write("idx", self.origin(member), ".idx", dump_index(idx, src.size))
+                else:  # one copy under the diff_id; this blob only points at it, with the digest it matched
+                    if found is None:
+                        self.store.write("idx", shared, ".idx", dump_index(idx, src.size))
+                    self.store.write("ptr", self.origin(member), ".ptr",
+                                     json.dumps({"key": shared, "md": idx.meta_digest}).encode())
         except ImgfsError as e:
             with self._lock:
                 self._index_errors[member] = e
@@ -364,32 +373,69 @@ class Archive:
         with self._lock:
             return self._indexes.setdefault(member, idx)
 
-    def _cached_index(self, src: Source, member: str, diff_id: str | None) -> MemberIndex | None:
-        """A persisted index that fits `src`: one made from this very blob, or one of a verified diff_id.
+    @staticmethod
+    def _shareable(src: Source) -> bool:
+        """Whether checking an index against `src` is cheap: reading headers must not mean decompressing."""
+        return not isinstance(src, GzipSource)
 
-        Indexes are shared between archives only under a diff_id that `imgfs verify` has hashed: a diff_id
-        an archive merely claims could be a lie, and would let it change what another archive shows.
+    def _cached_index(self, src: Source, member: str, diff_id: str | None) -> tuple[MemberIndex | None, str | None]:
+        """A persisted index that fits `src`, and where it came from ("origin", "shared" or None: not found).
+
+        First one made from this very blob (an archive file not changed since). Then one another archive
+        left under the layer's diff_id: a diff_id is only a claim, so that index is used only where the
+        bytes it was made from, every header and the end marker (meta_digest), are the same here; a liar
+        can then change nothing but its own view.
         """
         if self.store is None:
-            return None
-        for key in ([diff_id] if diff_id else []) + [self.origin(member)]:
+            return None, None
+        origin, shareable = self.origin(member), self._shareable(src)
+        bad = (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, ImgfsError)
+        data = self.store.read("idx", origin, ".idx")
+        if data is not None:
+            try:
+                idx, size = load_index(data)
+                if looks_right(idx, src, size, spot_check=shareable):
+                    return idx, "origin"
+            except bad:
+                pass
+            self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
+        pointer = self.store.read("ptr", origin, ".ptr") if shareable else None
+        candidates = []
+        with contextlib.suppress(*bad):
+            if pointer is not None:  # this blob matched that shared index before: the same digest will do
+                ptr = json.loads(pointer)
+                candidates.append((str(ptr["key"]), str(ptr["md"])))
+        if diff_id and shareable:
+            candidates.append((diff_id, None))
+        for key, known in candidates:
             data = self.store.read("idx", key, ".idx")
             if data is None:
                 continue
             try:
                 idx, size = load_index(data)
-                if looks_right(idx, src, size, spot_check=not isinstance(src, GzipSource)):
-                    return idx
-            except (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, ImgfsError):
-                pass
-            self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
-        return None
+                # A mismatch is no damage: another archive's layer under the same claim. Scan instead.
+                if size != src.size or idx.meta_digest is None:
+                    continue
+                if known is not None:
+                    if idx.meta_digest == known and looks_right(idx, src, size):
+                        return idx, "origin"
+                elif meta_digest(idx, src) == idx.meta_digest:
+                    return idx, "shared"
+            except bad:
+                self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
+                break
+        return None, None
 
     def share_verified(self, layer: Layer) -> None:
         """Offer a layer's index to every archive, under its diff_id, once its content was hashed to it."""
         if self.store is not None and layer.diff_id:
-            src = layer.source()
-            self.store.write("idx", layer.diff_id, ".idx", dump_index(layer.index(), src.size))
+            src, idx = layer.source(), layer.index()
+            if idx.meta_digest is None and self._shareable(src):
+                idx.meta_digest = meta_digest(idx, src)
+            if idx.meta_digest is not None:
+                self.store.write("idx", layer.diff_id, ".idx", dump_index(idx, src.size))
+                self.store.write("ptr", self.origin(layer.member), ".ptr",
+                                 json.dumps({"key": layer.diff_id, "md": idx.meta_digest}).encode())
 
     def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
         """Images matching --image/--platform (host platform preferred among variants)."""

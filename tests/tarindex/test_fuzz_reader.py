@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.errors import ImgfsError
-from imgfs.tarindex import scan
+from imgfs.tarindex import meta_digest, scan
 from imgfs.tree import layer_tree, merged_tree
 from tarindex.tarmaker import END, BytesSource, D, F, H, header, member, pax, tar_of
 
@@ -93,6 +93,9 @@ def _exercise(data: bytes) -> None:
         assert idx.sizes[i] >= 0 and idx.offsets[i] % 512 == 0
         assert idx.names[i] == b"" or not (idx.names[i].startswith(b"/") or b"//" in idx.names[i])
         assert b".." not in idx.names[i].split(b"/")
+    if idx.meta_digest is not None:  # what the scan vouches for, the check recomputes from the index alone
+        assert meta_digest(idx, src) == idx.meta_digest
+        assert idx.error is None and not idx.skipped
     tree, refs = merged_tree([idx], [src])
     for t in (tree, layer_tree(0, [idx], [src], lambda: refs)):
         for path, ref in t.walk():
@@ -124,3 +127,4 @@ def test_seeds_are_valid() -> None:
     for seed in SEEDS:
         idx = scan(BytesSource(seed))
         assert idx.error is None and len(idx) >= 3
+        assert idx.meta_digest is not None and meta_digest(idx, BytesSource(seed)) == idx.meta_digest

@@ -1,6 +1,7 @@
 """Tar offset index: byte sources and header scanning, the lowest layer of imgfs."""
 
-from .reader import MemberIndex, normalize, scan
+from .reader import MemberIndex, meta_digest, normalize, scan
 from .source import FileSource, SliceSource, Source, open_maybe_compressed
 
-__all__ = ["FileSource", "MemberIndex", "SliceSource", "Source", "normalize", "open_maybe_compressed", "scan"]
+__all__ = ["FileSource", "MemberIndex", "SliceSource", "Source", "meta_digest", "normalize", "open_maybe_compressed",
+           "scan"]

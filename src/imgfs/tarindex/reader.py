@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import struct
 from array import array
 from collections.abc import Callable, Iterator
@@ -121,6 +122,8 @@ class MemberIndex:
         self.skipped: list[str] = []  # members left out (invalid names ...)
         self.error: str | None = None  # set when the stream ended early or went bad; members so far stay
         self.end = 0  # offset just past the last member's data
+        # sha256 of every byte the index was made from (see meta_digest); None when it cannot vouch
+        self.meta_digest: str | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -156,6 +159,9 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
     add_kind = kinds.append
     next_progress = 64 << 20
     window = getattr(src, "window", _WINDOW)
+    digest = hashlib.sha256()
+    prev_end = 0  # where the bytes the next member's entry depends on start (see meta_digest)
+    vouch = True
 
     def read_meta(at: int, size: int, what: str) -> bytes:
         if size > MAX_META:
@@ -244,7 +250,14 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 bad = f"link target longer than {PATH_MAX} bytes"
             if bad:
                 idx.skipped.append(f"{show(full[:200])}: {bad}")
+                vouch = False  # its bytes sit between two entries, where meta_digest does not look
             else:
+                if data_off - prev_end > _MAX_GAP:
+                    vouch = False
+                elif vouch:
+                    lo = prev_end - buf_off
+                    digest.update(buf[lo:pos + BLOCK] if lo >= 0 else src.pread(prev_end, data_off - prev_end))
+                prev_end = data_off + _skip(data_len)
                 i = len(names)
                 add_name(norm)
                 add_kind(t)
@@ -280,9 +293,39 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
         for k, arr in enumerate((idx.modes, idx.uids, idx.gids, idx.sizes, idx.mtimes, idx.offsets)):
             arr.extend(flat[k::6])
     idx.end = off
+    if vouch and not idx.error and 0 <= off - prev_end <= _MAX_GAP:
+        digest.update(src.pread(prev_end, off - prev_end) + src.pread(off, min(BLOCK, total - off)))
+        idx.meta_digest = digest.hexdigest()
     if progress is not None:
         progress(min(off, total), total)
     return idx
+
+
+_MAX_GAP = 2 * MAX_META + 4 * BLOCK  # the most that may lie between two entries: PAX and GNU long names
+
+
+def meta_digest(idx: MemberIndex, src: Source) -> str | None:
+    """sha256 of the bytes of `src` that `idx` was made from: each entry's headers, the end marker.
+
+    These bytes alone decide every field and offset a scan records, so where the digest of a cached index
+    matches a stream, scanning that stream would give the same index: it can be reused without trusting
+    whoever claimed the layer's digest. Reads only headers (no data); None where gaps are too large.
+    """
+    h = hashlib.sha256()
+    prev, buf, buf_off, total = 0, b"", 0, src.size
+    for data_off, size in zip(idx.offsets, idx.sizes, strict=True):
+        if not 0 <= data_off - prev <= _MAX_GAP:
+            return None
+        if prev < buf_off or data_off > buf_off + len(buf):
+            buf_off = prev
+            buf = src.pread(prev, max(data_off - prev, min(_WINDOW, total - prev)))
+        h.update(buf[prev - buf_off:data_off - buf_off])
+        prev = data_off + _skip(size)
+    end = idx.end
+    if not 0 <= end - prev <= _MAX_GAP or end > total:
+        return None
+    h.update(src.pread(prev, end - prev) + src.pread(end, min(BLOCK, total - end)))
+    return h.hexdigest()
 
 
 _META_TYPES = frozenset(b"xXgLK")

@@ -43,7 +43,7 @@ def dump_index(idx: MemberIndex, stream_size: int) -> bytes:
         "links": {i: lat(v) for i, v in idx.links.items()},
         "devices": {i: list(v) for i, v in idx.devices.items()},
         "xattrs": {i: {k: lat(v) for k, v in x.items()} for i, x in idx.xattrs.items()},
-        "broken": idx.broken, "frac": idx.mtime_frac,
+        "broken": idx.broken, "frac": idx.mtime_frac, "md": idx.meta_digest,
     }
     head = json.dumps(meta, separators=(",", ":")).encode()
     parts = [MAGIC, struct.pack("<Q", len(head)), head, bytes(idx.kinds)]
@@ -82,6 +82,8 @@ def load_index(data: bytes) -> tuple[MemberIndex, int]:
     idx.broken = {int(i): str(v) for i, v in meta["broken"].items()}
     idx.mtime_frac = {int(i): float(v) for i, v in meta["frac"].items()}
     idx.error, idx.skipped, idx.end = meta["error"], list(meta["skipped"]), int(meta["end"])
+    md = meta.get("md")
+    idx.meta_digest = md if isinstance(md, str) else None
     return idx, int(meta["size"])
 
 
