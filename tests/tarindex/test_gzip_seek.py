@@ -46,6 +46,7 @@ def test_random_reads_match_and_points_are_persisted(big_gz: Path, tmp_path: Pat
     # A second open takes the points from the cache: no first pass (a child would not be needed).
     again = GzipSource(_slice(big_gz), store, "sha256:" + "ab" * 32)
     again._first_pass = None  # type: ignore[assignment]  # any call would now fail loudly
+    assert again.size == len(PAYLOAD) and again._file is None  # the size alone loads no decompressor
     off = len(PAYLOAD) - 100_000
     assert again.pread(off, 1000) == PAYLOAD[off:off + 1000]
     again.close()

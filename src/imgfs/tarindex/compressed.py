@@ -62,6 +62,7 @@ class GzipSource:
         self._lock = threading.Lock()
         self._file = None
         self._size: int | None = None
+        self._points: bytes | None = None  # cached seek points, loaded into rapidgzip on the first read
         self._fallback: Source | None = None
         _OPEN.add(self)
 
@@ -87,17 +88,33 @@ class GzipSource:
         return f
 
     def _prepare(self) -> None:
-        """Load or make the seek points (caller holds the lock)."""
+        """Know the uncompressed size: from cached seek points, else by making them (caller holds the lock).
+
+        Cached points are only loaded into rapidgzip on the first read (_open): a merged tree built from
+        cached indexes needs every layer's size, not its decompressor (rapidgzip takes ~20 ms to load one).
+        """
         if self._size is not None or self._fallback is not None:
             return
         meta = self.store.read("gz", self.key, ".gzi") if self.store and self.key else None
-        if meta is not None and meta[:8].isdigit():
+        if meta is not None and meta[:16].isdigit():
+            self._size, self._points = int(meta[:16]), meta[16:]
+            return
+        self._make()
+
+    def _open(self) -> None:
+        """Be ready to read: the size known and the decompressor loaded (caller holds the lock)."""
+        self._prepare()
+        if self._file is None and self._fallback is None:
             try:
-                self._file = self._rapidgzip(meta[16:])
-                self._size = int(meta[:16])
-                return
+                self._file = self._rapidgzip(self._points or b"")
             except Exception:  # noqa: BLE001 - any failure means: make the points again
                 self.store.warn_once(f"cache: seek points for {self.key} unreadable; rebuilding them")  # type: ignore
+                self._size = None
+                self._make()
+            self._points = None
+
+    def _make(self) -> None:
+        """Make the seek points in a first pass over the stream, or fall back to a private copy."""
         window = self._file_window() if self.src.size >= SMALL_GZIP else None
         made = self._first_pass(window) if window is not None else None
         if made is None:
@@ -148,7 +165,7 @@ class GzipSource:
     def pread(self, offset: int, length: int) -> bytes:
         """Read `length` uncompressed bytes at `offset`."""
         with self._lock:
-            self._prepare()
+            self._open()
             fallback = self._fallback
             if fallback is None:
                 # rapidgzip must never meet a stream that shrank under it (it may abort): look first.
