@@ -390,3 +390,29 @@ def test_a_shared_index_is_refused_where_one_header_byte_differs(tmp_path: Path)
         with imgfs.open_archive(paths[name], cache_dir=cache) as a:
             mode = a.image().merged().entry("run.sh").mode
         assert mode == (0o4777 if name == "evil" else 0o755), name
+
+
+@pytest.mark.parametrize("name", ["seed.docker-oci.tar", "seed.skopeo-oci-gzip.tar"])
+def test_a_claimed_diff_id_can_never_name_another_blobs_own_cache_file(name: str, tmp_path: Path) -> None:
+    # A config's diff_id is "sha256:<64 hex>", and a cache file's name is those 64 hex digits; a blob's own
+    # cache files are named by the sha256 of where it sits. An archive claiming exactly such a diff_id, with
+    # a layer of the victim's size but other names, must not overwrite what the victim reads back.
+    victim = tmp_path / "victim.tar"
+    victim.write_bytes((IMAGES / name).read_bytes())
+    cache = tmp_path / "cache"
+    want = _tree_files(victim, cache_dir=cache)
+    own = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file() and p.parent.name in ("idx", "ptr", "gz")}
+    assert own
+    with imgfs.open_archive(victim, cache_dir=cache) as a:
+        sizes = [la.source().size for la in a.image().layers]
+    for i, target in enumerate(sorted({p.stem for p in own})):
+        size = sizes[i % len(sizes)]
+        evil = tar_of([F("planted", b"x" * max(0, size - 3 * 512 - 1024))])
+        evil += bytes(max(0, size - len(evil)))
+        b = ArchiveBuilder()
+        cfg = config_for([evil])
+        cfg["rootfs"]["diff_ids"] = ["sha256:" + target]
+        b.oci_index([b.oci_image([evil], config=cfg)])
+        _tree_files(Path(b.save(tmp_path / f"evil{i}.tar")), cache_dir=cache)
+    assert {p: p.read_bytes() for p in own} == own
+    assert _tree_files(victim, cache_dir=cache) == want

@@ -21,6 +21,9 @@ from .tarindex.store import DEFAULT_MAX_BYTES, Store, dump_index, load_index, lo
 from .tree import Tree, layer_tree, merged_tree
 
 Progress = Callable[[str, int, int], None]
+# Indexes kept under a layer's diff_id live apart from those kept under where a blob sits ("idx"): a
+# diff_id is whatever an archive's config says, and must never name another blob's own cache file.
+SHARED = "shared"
 
 
 class _OuterReader:
@@ -361,7 +364,7 @@ class Archive:
                     self.store.write("idx", self.origin(member), ".idx", dump_index(idx, src.size))
                 else:  # one copy under the diff_id; this blob only points at it, with the digest it matched
                     if found is None:
-                        self.store.write("idx", shared, ".idx", dump_index(idx, src.size))
+                        self.store.write(SHARED, shared, ".idx", dump_index(idx, src.size))
                     self.store.write("ptr", self.origin(member), ".ptr",
                                      json.dumps({"key": shared, "md": idx.meta_digest}).encode())
         except ImgfsError as e:
@@ -389,7 +392,7 @@ class Archive:
         if self.store is None:
             return None, None
         origin, shareable = self.origin(member), self._shareable(src)
-        bad = (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, ImgfsError)
+        bad = (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, RecursionError, ImgfsError)
         data = self.store.read("idx", origin, ".idx")
         if data is not None:
             try:
@@ -408,7 +411,7 @@ class Archive:
         if diff_id and shareable:
             candidates.append((diff_id, None))
         for key, known in candidates:
-            data = self.store.read("idx", key, ".idx")
+            data = self.store.read(SHARED, key, ".idx")
             if data is None:
                 continue
             try:
@@ -433,7 +436,7 @@ class Archive:
             if idx.meta_digest is None and self._shareable(src):
                 idx.meta_digest = meta_digest(idx, src)
             if idx.meta_digest is not None:
-                self.store.write("idx", layer.diff_id, ".idx", dump_index(idx, src.size))
+                self.store.write(SHARED, layer.diff_id, ".idx", dump_index(idx, src.size))
                 self.store.write("ptr", self.origin(layer.member), ".ptr",
                                  json.dumps({"key": layer.diff_id, "md": idx.meta_digest}).encode())
 

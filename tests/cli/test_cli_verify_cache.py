@@ -60,7 +60,9 @@ def test_cache_dir_no_cache_and_clear(capsysbinary, tmp_path, monkeypatch):
     assert main(["cache", "--cache-dir", str(cache), "--json"]) == 0
     doc = json.loads(capsysbinary.readouterr().out)
     assert doc["path"] == str(cache) and doc["files"] > 0
-    assert doc["kinds"]["idx"]["files"] == 4 and doc["bytes"] == sum(k["bytes"] for k in doc["kinds"].values())
+    kinds = doc["kinds"]  # seed's 4 layers: indexes kept under their diff_ids, and where each blob points
+    assert kinds["shared"]["files"] == kinds["ptr"]["files"] == 4 and "idx" not in kinds
+    assert doc["bytes"] == sum(k["bytes"] for k in kinds.values())
     monkeypatch.setenv("IMGFS_CACHE_DIR", str(cache))
     assert main(["cache"]) == main(["cache", "info"]) == 0
     lines = capsysbinary.readouterr().out.decode().splitlines()

@@ -80,8 +80,9 @@ def test_a_second_walk_is_answered_by_the_kernel(mounter, tmp_path: Path) -> Non
     after = _requests(log)[len(before):]
     minor = int(re.search(r"INIT: 7\.(\d+)", log.read_text()).group(1))  # what the kernel speaks
     # Symlinks that os.walk follows to learn whether they lead to a directory are read each time:
-    # libfuse 2 cannot tell the kernel to keep their targets (FUSE_CACHE_SYMLINKS).
-    after = [op for op in after if op != "READLINK"]
+    # libfuse 2 cannot tell the kernel to keep their targets (FUSE_CACHE_SYMLINKS). FORGETs are the
+    # kernel trimming its inode cache (other tests churn memory), not questions.
+    after = [op for op in after if op not in ("READLINK", "FORGET", "BATCH_FORGET")]
     if minor >= 29:  # Linux >= 5.1: files and directories open without asking, listings are cached
         assert after == [], after
         assert "OPENDIR" in before and "RELEASEDIR" not in before and "RELEASE" not in before

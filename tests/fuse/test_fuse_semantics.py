@@ -262,3 +262,15 @@ def test_random_access_reads(mounter) -> None:
         for off, n in [(0, 1), (4095, 2), (131071, 131074), (len(data) - 3, 100), (len(data), 10), (777777, 12345)]:
             fh.seek(off)
             assert fh.read(n) == data[off:off + n]
+
+
+def test_owner_and_umask_options_as_libfuse_applies_them(mounter, tmp_path: Path) -> None:
+    mp = mounter(SEED, options="umask=027,uid=1234,gid=4321")
+    for p in (mp / "merged" / "app" / "trace.log", mp / "merged" / "bin", mp / "config.json"):
+        st = os.lstat(p)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 4321, 0o750), p
+    assert stat.S_ISLNK(os.lstat(mp / "merged" / "bin" / "sh").st_mode)  # the type bits stay
+    assert (mp / "merged" / "app" / "trace.log").read_bytes() == b"trace\n"
+    for bad in ("umask=9", "uid=x", "gid=-1", "uid"):
+        with pytest.raises(imgfs.ImgfsError, match=bad.split("=")[0]):
+            mounter(SEED, mountpoint=tmp_path / "other", options=bad)

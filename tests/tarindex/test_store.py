@@ -36,18 +36,18 @@ def test_index_round_trip_keeps_every_field() -> None:
                 assert getattr(back, field) == getattr(idx, field), field
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign-version", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign-version", "empty", "short"])
 def test_damaged_cache_files_are_rebuilt_with_one_warning(tmp_path: Path, damage: str) -> None:
     shutil.copy(SEED, tmp_path / "seed.tar")
     cache = tmp_path / "cache"
     want = _listing(tmp_path / "seed.tar", use_cache=False)
     assert _listing(tmp_path / "seed.tar", cache_dir=cache) == want
-    files = sorted((cache / "v1" / "idx").iterdir())
+    files = sorted(p for kind in ("idx", "shared", "ptr") for p in (cache / "v1" / kind).glob("*"))
     assert files
     for f in files:
         data = f.read_bytes()
         f.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)),
-                       "foreign-version": b"IMGFSIX9" + data[8:], "empty": b""}[damage])
+                       "foreign-version": b"IMGFSIX9" + data[8:], "empty": b"", "short": data[:12]}[damage])
     warnings: list[str] = []
     assert _listing(tmp_path / "seed.tar", cache_dir=cache, warn=warnings.append) == want
     assert 1 <= len(warnings) <= len(files) and all("rebuilding" in w for w in warnings)

@@ -81,7 +81,9 @@ def _escape(value: str) -> str:
 # libfuse 2's high-level options: what they ask for, the low-level mount does anyway (inode numbers,
 # kernel caching, long timeouts), so they are accepted and dropped rather than refused.
 _HIGH_LEVEL = frozenset({"use_ino", "readdir_ino", "kernel_cache", "auto_cache", "noauto_cache", "entry_timeout",
-                         "negative_timeout", "attr_timeout", "ac_attr_timeout", "hard_remove", "intr"})
+                         "negative_timeout", "attr_timeout", "ac_attr_timeout", "hard_remove", "intr",
+                         "intr_signal", "noforget", "nopath", "direct_io"})
+OWNER_OPTIONS = ("uid", "gid", "umask")  # high-level options imgfs applies itself (ImgfsOps.getattr)
 
 
 def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[str, Any]:
@@ -95,6 +97,16 @@ def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[s
             continue
         if key == "rw":
             raise ImgfsError("imgfs mounts are read-only: option 'rw' is not supported")
+        if key in OWNER_OPTIONS:
+            try:
+                number = int(value, 8 if key == "umask" else 10)
+            except ValueError:
+                raise ImgfsError(f"option {key}= needs a number ({'octal' if key == 'umask' else 'decimal'}),"
+                                 f" not {value!r}") from None
+            if not 0 <= number < (0o10000 if key == "umask" else 1 << 32):
+                raise ImgfsError(f"option {key}={value} is out of range")
+            opts[key] = number
+            continue
         opts[key] = value if eq else True
     if opts.get("allow_other"):  # others get exactly what the modes allow them, never everything
         opts["default_permissions"] = True
@@ -164,7 +176,9 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
     from .layout import Layout
     from .ops import ImgfsOps
 
-    ops = ImgfsOps(Layout(archive, images), archive.path, log)
+    owner = tuple(opts.get(k) for k in OWNER_OPTIONS)
+    opts = {k: v for k, v in opts.items() if k not in OWNER_OPTIONS}  # libfuse's low level knows none of them
+    ops = ImgfsOps(Layout(archive, images), archive.path, log, owner)  # type: ignore[arg-type]
     captured = _Stderr()
 
     def ready() -> None:

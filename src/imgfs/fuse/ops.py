@@ -60,8 +60,12 @@ class _Where:
 class ImgfsOps:
     """Read-only operations on the mount, named after the FUSE operations they answer."""
 
-    def __init__(self, layout: Layout, archive_path: str, log: logging.Logger | None = None) -> None:
+    def __init__(self, layout: Layout, archive_path: str, log: logging.Logger | None = None,
+                 owner: tuple[int | None, int | None, int | None] | None = None) -> None:
         self.layout = layout
+        # -o uid=,gid=,umask= as libfuse 2's high-level API applies them: every entry shows that owner,
+        # group, and the mode 0777 & ~umask (type bits kept); None: as stored.
+        self.owner = owner if owner is not None and any(v is not None for v in owner) else None
         self.log = log or logging.getLogger("imgfs.fuse")
         st = os.stat(archive_path)
         self.archive_path = archive_path
@@ -156,6 +160,14 @@ class ImgfsOps:
 
     def getattr(self, ino: int) -> Stat:
         """stat() of an inode: the entry's own mode, owner, size, mtime, nlink and its inode number."""
+        st = self._getattr(ino)
+        if self.owner is None:
+            return st
+        uid, gid, umask = self.owner
+        return (st[0], st[1] & 0o170000 | 0o777 & ~umask if umask is not None else st[1], st[2],
+                st[3] if uid is None else uid, st[4] if gid is None else gid) + st[5:]
+
+    def _getattr(self, ino: int) -> Stat:
         node, tree, ref = self._resolve(ino)
         if tree is None:
             if node.kind == SKEL_FILE:

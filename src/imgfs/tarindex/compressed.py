@@ -188,6 +188,7 @@ class GzipSource:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+            self._size = self._points = None  # a later use starts again from the cached seek points
             close = getattr(self._fallback, "close", None)
             if close is not None:
                 close()

@@ -54,12 +54,15 @@ def dump_index(idx: MemberIndex, stream_size: int) -> bytes:
 
 def load_index(data: bytes) -> tuple[MemberIndex, int]:
     """Parse what dump_index wrote; ValueError (or KeyError/TypeError) on anything else."""
-    if data[:len(MAGIC)] != MAGIC:
+    if data[:len(MAGIC)] != MAGIC or len(data) < len(MAGIC) + 8:
         raise ValueError("not an imgfs index file of this version")
     pos = len(MAGIC)
     (hlen,) = struct.unpack_from("<Q", data, pos)
     pos += 8
-    meta = json.loads(data[pos:pos + hlen])
+    try:
+        meta = json.loads(data[pos:pos + hlen])
+    except RecursionError:
+        raise ValueError("index file header nested too deeply") from None
     pos += hlen
     n = int(meta["n"])
     idx = MemberIndex()
