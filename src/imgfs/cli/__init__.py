@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="pick the image of this platform")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground until unmounted")
     p.add_argument("-o", dest="options", metavar="OPTIONS", action="append",
-                   help="comma-separated FUSE mount options (may be repeated)")
+                   help="comma-separated FUSE mount options (may be repeated); uid=N,gid=N,umask=M "
+                        "show every entry with that owner, group and mode 0777 & ~umask")
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (implies --foreground)")
     p.add_argument("--log-file", metavar="FILE", help="where a background mount writes its log")
