@@ -361,10 +361,10 @@ class Archive:
             if self.store is not None and found != "origin":
                 shared = diff_id if diff_id and idx.meta_digest and self._shareable(src) else None
                 if shared is None:
-                    self.store.write("idx", self.origin(member), ".idx", dump_index(idx, src.size))
+                    self.store.write_with("idx", self.origin(member), ".idx", lambda fh: dump_index(idx, src.size, fh))
                 else:  # one copy under the diff_id; this blob only points at it, with the digest it matched
                     if found is None:
-                        self.store.write(SHARED, shared, ".idx", dump_index(idx, src.size))
+                        self.store.write_with(SHARED, shared, ".idx", lambda fh: dump_index(idx, src.size, fh))
                     self.store.write("ptr", self.origin(member), ".ptr",
                                      json.dumps({"key": shared, "md": idx.meta_digest}).encode())
         except ImgfsError as e:
@@ -391,17 +391,28 @@ class Archive:
         """
         if self.store is None:
             return None, None
-        origin, shareable = self.origin(member), self._shareable(src)
-        bad = (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, RecursionError, ImgfsError)
-        data = self.store.read("idx", origin, ".idx")
-        if data is not None:
-            try:
-                idx, size = load_index(data)
-                if looks_right(idx, src, size, spot_check=shareable):
-                    return idx, "origin"
-            except bad:
-                pass
+        origin, shareable, store = self.origin(member), self._shareable(src), self.store
+        bad = (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, RecursionError, OSError,
+               ImgfsError)
+
+        def load(kind: str, key: str) -> tuple[MemberIndex, int] | None:
+            fh = store.open(kind, key, ".idx")
+            if fh is None:
+                return None
+            with fh:  # parsed from the file: the arrays go straight into place
+                return load_index(fh)
+
+        try:
+            hit = load("idx", origin)
+            if hit is None or looks_right(hit[0], src, hit[1], spot_check=shareable):
+                found = hit
+            else:
+                raise ValueError("does not fit")
+        except bad:
+            found = None
             self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
+        if found is not None:
+            return found[0], "origin"
         pointer = self.store.read("ptr", origin, ".ptr") if shareable else None
         candidates = []
         with contextlib.suppress(*bad):
@@ -411,11 +422,11 @@ class Archive:
         if diff_id and shareable:
             candidates.append((diff_id, None))
         for key, known in candidates:
-            data = self.store.read(SHARED, key, ".idx")
-            if data is None:
-                continue
             try:
-                idx, size = load_index(data)
+                hit = load(SHARED, key)
+                if hit is None:
+                    continue
+                idx, size = hit
                 # A mismatch is no damage: another archive's layer under the same claim. Scan instead.
                 if size != src.size or idx.meta_digest is None:
                     continue
@@ -436,7 +447,7 @@ class Archive:
             if idx.meta_digest is None and self._shareable(src):
                 idx.meta_digest = meta_digest(idx, src)
             if idx.meta_digest is not None:
-                self.store.write(SHARED, layer.diff_id, ".idx", dump_index(idx, src.size))
+                self.store.write_with(SHARED, layer.diff_id, ".idx", lambda fh: dump_index(idx, src.size, fh))
                 self.store.write("ptr", self.origin(layer.member), ".ptr",
                                  json.dumps({"key": layer.diff_id, "md": idx.meta_digest}).encode())
 

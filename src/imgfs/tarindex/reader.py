@@ -153,8 +153,10 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
     long_link: bytes | None = None
     unpack = _HEADER.unpack_from
     names, kinds = idx.names, idx.kinds
-    flat = array("q")  # mode, uid, gid, size, mtime, offset per member; split at the end
-    add_row = flat.extend
+    # Appended to in place, one array a field: a single interleaved array split at the end would hold
+    # every number twice at the peak of a big scan.
+    add_mode, add_uid, add_gid = idx.modes.append, idx.uids.append, idx.gids.append
+    add_size, add_mtime, add_offset = idx.sizes.append, idx.mtimes.append, idx.offsets.append
     add_name = names.append
     add_kind = kinds.append
     next_progress = 64 << 20
@@ -264,7 +266,12 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 if not (0 <= uid_v < _LIM and 0 <= gid_v < _LIM and -_LIM < mtime_v < _LIM):
                     uid_v, gid_v = _clamp(uid_v), _clamp(gid_v)
                     mtime_v = mtime_v if -_LIM < mtime_v < _LIM else 0
-                add_row((mode_v & 0o7777, uid_v, gid_v, data_len, mtime_v, data_off))
+                add_mode(mode_v & 0o7777)
+                add_uid(uid_v)
+                add_gid(gid_v)
+                add_size(data_len)
+                add_mtime(mtime_v)
+                add_offset(data_off)
                 if t in (HARDLINK, SYMLINK):
                     idx.links[i] = link or b""
                 elif t in (CHAR, BLOCKDEV):
@@ -289,9 +296,6 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             if str(e).startswith("not a tar archive"):
                 raise
             raise FormatError(f"not a tar archive ({e})") from None
-    finally:
-        for k, arr in enumerate((idx.modes, idx.uids, idx.gids, idx.sizes, idx.mtimes, idx.offsets)):
-            arr.extend(flat[k::6])
     idx.end = off
     if vouch and not idx.error and 0 <= off - prev_end <= _MAX_GAP:
         digest.update(src.pread(prev_end, off - prev_end) + src.pread(off, min(BLOCK, total - off)))
