@@ -331,14 +331,20 @@ def _tree_files(path: Path, **kw: object) -> dict[bytes, bytes]:
         return {p: b"".join(tree.read_all(r)) for p, r in tree.walk() if tree.entry_for(p, r).kind == "file"}
 
 
-def test_index_cache_is_not_poisoned_by_a_lying_archive(tmp_path: Path) -> None:
-    good = tar_of([F("a", b"1"), F("good-name", b"2"), F("z", b"3")])
-    evil = tar_of([F("a", b"1"), F("evil-name", b"2"), F("z", b"3")])  # same size, same first and last member
+def _both_claiming_good(tmp_path: Path, good: bytes, evil: bytes) -> dict[str, Path]:
+    """Two one-layer archives, "good" and "evil", whose configs both claim the good layer's diff_id."""
     paths = {}
     for name, layer in (("evil", evil), ("good", good)):
         b = ArchiveBuilder()
-        b.oci_index([b.oci_image([layer], config=config_for([good]))])  # both claim the good diff_id
-        paths[name] = b.save(tmp_path / f"{name}.tar")
+        b.oci_index([b.oci_image([layer], config=config_for([good]))])
+        paths[name] = Path(b.save(tmp_path / f"{name}.tar"))
+    return paths
+
+
+def test_index_cache_is_not_poisoned_by_a_lying_archive(tmp_path: Path) -> None:
+    good = tar_of([F("a", b"1"), F("good-name", b"2"), F("z", b"3")])
+    evil = tar_of([F("a", b"1"), F("evil-name", b"2"), F("z", b"3")])  # same size, same first and last member
+    paths = _both_claiming_good(tmp_path, good, evil)
     cache = tmp_path / "cache"
     _tree_files(paths["evil"], cache_dir=cache)
     assert _tree_files(paths["good"], cache_dir=cache) == _tree_files(paths["good"], use_cache=False)
@@ -380,11 +386,7 @@ def test_a_shared_index_is_refused_where_one_header_byte_differs(tmp_path: Path)
     good = tar_of([F("a", b"1"), F("run.sh", b"#!/bin/sh\n", mode=0o755), F("z", b"3")])
     evil = tar_of([F("a", b"1"), F("run.sh", b"#!/bin/sh\n", mode=0o4777), F("z", b"3")])
     assert len(good) == len(evil)
-    paths = {}
-    for name, layer in (("evil", evil), ("good", good)):
-        b = ArchiveBuilder()
-        b.oci_index([b.oci_image([layer], config=config_for([good]))])  # both claim the good diff_id
-        paths[name] = b.save(tmp_path / f"{name}.tar")
+    paths = _both_claiming_good(tmp_path, good, evil)
     cache = tmp_path / "cache"
     for name in ("evil", "good", "evil", "good"):  # each overwrites the shared entry; neither sees the other
         with imgfs.open_archive(paths[name], cache_dir=cache) as a:
