@@ -61,7 +61,7 @@ def test_inodes_are_unique_across_every_tree() -> None:
                 child = (b"" if path == b"/" else path) + b"/" + name
                 assert ops.lookup(dino, name) == ino == ops.lookup_path(child)
                 st = ops.getattr(ino)
-                assert st[0] == ino and stat.S_IFMT(st[1]) == mode
+                assert st[0] == ino and stat.S_IFMT(st[1]) == mode and ops.lookup_stat(dino, name) == st
                 if owner.setdefault(ino, child) != child:  # only hard links share, inside one tree
                     assert stat.S_ISREG(st[1]) and st[2] > 1
                     assert tree_of(owner[ino]) == tree_of(child)

@@ -130,14 +130,21 @@ _lib = _library()
 _DIRENT = struct.Struct("=QQII")  # struct fuse_dirent: ino, offset of the next entry, name length, type
 
 
+_PADS = tuple(bytes(n) for n in range(8))
+
+
 def pack_dir(entries: list[tuple[bytes, int, int]]) -> tuple[bytes, list[int]]:
     """A listing as the kernel takes it (what fuse_add_direntry writes), and where each entry starts."""
-    parts, ends, pos = [], [0], 0
-    for n, (name, mode, ino) in enumerate(entries):
-        size = (_DIRENT.size + len(name) + 7) & ~7
-        parts.append(_DIRENT.pack(ino, n + 1, len(name), mode >> 12) + name
-                     + bytes(size - _DIRENT.size - len(name)))
-        pos += size
+    parts: list[bytes] = []
+    ends, pos = [0], 0
+    add, pack, head = parts.append, _DIRENT.pack, _DIRENT.size
+    for n, (name, mode, ino) in enumerate(entries, 1):
+        length = len(name)
+        pad = -(head + length) & 7
+        add(pack(ino, n, length, mode >> 12))
+        add(name)
+        add(_PADS[pad])
+        pos += head + length + pad
         ends.append(pos)
     return b"".join(parts), ends
 
@@ -249,11 +256,12 @@ class Bridge:
         """An entry with its attributes; a missing name is a negative entry the kernel may keep."""
         e = self._entry
         try:
-            e.ino = self.operations.lookup(parent, name)
+            st = self.operations.lookup_stat(parent, name)
         except FileNotFoundError:
             e.ino = 0
         else:
-            _fill(e.attr, self.operations.getattr(e.ino))
+            e.ino = st[0]
+            _fill(e.attr, st)
         _lib.fuse_reply_entry(req, ctypes.byref(e))
 
     def getattr(self, req: int, ino: int, fip: Any) -> None:

@@ -140,6 +140,15 @@ class ImgfsOps:
     # -- metadata ---------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> int:
         """The inode of `name` in directory `parent`; ENOENT when there is none."""
+        return self._child(parent, name)[0]
+
+    def lookup_stat(self, parent: int, name: bytes) -> Stat:
+        """getattr() of `name` in directory `parent` (its inode first), in one step: FUSE's LOOKUP."""
+        ino, tree, cref = self._child(parent, name)
+        return self.getattr(ino) if tree is None else self._owned((ino,) + tree.stat(cref))
+
+    def _child(self, parent: int, name: bytes) -> tuple[int, Tree | None, int]:
+        """(inode, tree, ref) of a directory's child; tree is None for skeleton nodes (trees not built)."""
         node, tree, ref = self._resolve(parent)
         if tree is None:
             if node.kind != SKEL_DIR:
@@ -147,7 +156,7 @@ class ImgfsOps:
             child = self.layout.nodes.get((b"" if node.path == b"/" else node.path) + b"/" + name)
             if child is None:
                 raise _err(errno.ENOENT)
-            return child.ino
+            return child.ino, None, 0
         key = self._dir_key(parent, tree, ref)
         ckey = key + b"/" + name if key else name
         cref = tree.nodes.get(ckey)
@@ -156,11 +165,14 @@ class ImgfsOps:
         ino = (parent & ~_LOCAL) | local_ino(ckey, cref)
         if tree.kind_code(cref) == DIR:
             self._dir_keys[ino] = ckey
-        return ino
+        return ino, tree, cref
 
     def getattr(self, ino: int) -> Stat:
         """stat() of an inode: the entry's own mode, owner, size, mtime, nlink and its inode number."""
-        st = self._getattr(ino)
+        return self._owned(self._getattr(ino))
+
+    def _owned(self, st: Stat) -> Stat:
+        """A Stat with the -o uid=,gid=,umask= overrides applied, if any."""
         if self.owner is None:
             return st
         uid, gid, umask = self.owner
