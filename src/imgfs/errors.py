@@ -17,6 +17,12 @@ class TruncatedError(FormatError):
     """The data ends before a header or a member says it should."""
 
 
+class UsageError(ImgfsError):
+    """A command line that cannot work as given (a bad option value)."""
+
+    exit_code = 2
+
+
 class SelectionError(ImgfsError):
     """An --image, --platform or --layer choice matches nothing or too much."""
 

@@ -39,5 +39,7 @@ def test_mount_errors_are_one_line(capsysbinary, tmp_path, need_fuse):
     assert_one_line_error(run(capsysbinary, "mount", tmp_path / "nope.tar", mnt), "nope.tar")
     assert_one_line_error(run(capsysbinary, "mount", IMAGES / "multi.docker-oci.tar", mnt, "--image", "nginx"),
                           "nginx")
+    for bad, said in (("umask=xyz", "octal"), ("uid=-1", "out of range"), ("rw", "read-only")):
+        assert_one_line_error(run(capsysbinary, "mount", SEED, mnt, "-o", bad), said, rc=2)  # usage errors
     assert not os.path.ismount(mnt)
     assert_one_line_error(run(capsysbinary, "umount", tmp_path / "missing"), "does not exist")

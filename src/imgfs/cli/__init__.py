@@ -133,8 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Without --image/--platform every image of the archive is checked. Lines: IMAGE<TAB>OK|FAILED<TAB>\n"
         "WHAT<TAB>EXPECTED<TAB>FOUND (or the error). Exit status 1 when any check fails.")
     p = sub.add_parser("cache", help="show (info) or empty (clear) the layer index cache", formatter_class=fmt,
-                       description="Show the layer index cache: files and bytes per kind (idx: member indexes, "
-                                   "gz: gzip seek points, zst: decompressed zstd layers), or empty it.",
+                       description="Show the layer index cache: files and bytes per kind (shared: member indexes "
+                                   "by diff_id, checked against each archive's own headers; ptr: which of "
+                                   "them each blob matched; idx: member indexes of gzip layers, by where "
+                                   "the blob sits; gz: gzip seek points; zst: decompressed zstd layers), "
+                                   "or empty it.",
                        epilog="info prints PATH<TAB>FILES<TAB>BYTES, one line per kind, then the whole cache.",
                        parents=[_parent("common", "cache", "json")])
     p.set_defaults(func=commands.cache)

@@ -165,7 +165,7 @@ def cache(args: argparse.Namespace, ui: Ui) -> int:
         freed = store.clear()
         ui.info(f"cache {store.root}: {human(freed)} freed")
         return 0
-    kinds: dict[Path, list[int]] = {}  # v1/idx, v1/gz, v1/zst -> [files, bytes]
+    kinds: dict[Path, list[int]] = {}  # v1/shared, v1/ptr, v1/idx, v1/gz, v1/zst -> [files, bytes]
     for path, size, _ in store.files():
         k = kinds.setdefault(path.parent, [0, 0])
         k[0] += 1

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..archive import Archive, Image, open_archive
-from ..errors import ImgfsError, SelectionError
+from ..errors import ImgfsError, SelectionError, UsageError
 
 READY = b"\0imgfs-ready\n"
 READY_TIMEOUT = 30.0
@@ -96,15 +96,15 @@ def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[s
         if not key or key in _HIGH_LEVEL:
             continue
         if key == "rw":
-            raise ImgfsError("imgfs mounts are read-only: option 'rw' is not supported")
+            raise UsageError("imgfs mounts are read-only: option 'rw' is not supported")
         if key in OWNER_OPTIONS:
             try:
                 number = int(value, 8 if key == "umask" else 10)
             except ValueError:
-                raise ImgfsError(f"option {key}= needs a number ({'octal' if key == 'umask' else 'decimal'}),"
+                raise UsageError(f"option {key}= needs a number ({'octal' if key == 'umask' else 'decimal'}),"
                                  f" not {value!r}") from None
             if not 0 <= number < (0o10000 if key == "umask" else 1 << 32):
-                raise ImgfsError(f"option {key}={value} is out of range")
+                raise UsageError(f"option {key}={value} is out of range")
             opts[key] = number
             continue
         opts[key] = value if eq else True
