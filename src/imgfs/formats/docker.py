@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from ..errors import FormatError
-from .model import ImageDesc, LayerDesc, MemberReader, config_platform, load_json
+from .model import ImageDesc, LayerDesc, MemberReader, config_platform, diff_ids, load_json, read_config
 
 
 def _clean(path: str) -> str:
@@ -29,19 +29,15 @@ def parse_manifest_json(reader: MemberReader) -> list[ImageDesc]:
         if not isinstance(cfg_member, str) or not isinstance(layers, list):
             raise FormatError(f"manifest.json entry {n} lacks Config or Layers")
         cfg_member = _clean(cfg_member)
-        if not reader.exists(cfg_member):
-            raise FormatError(f"manifest.json entry {n}: config {cfg_member} is missing from the archive")
-        cfg_bytes = reader.read(cfg_member)
-        config = load_json(cfg_bytes, cfg_member)
-        if not isinstance(config, dict):
-            raise FormatError(f"{cfg_member} is not a JSON object")
-        diff_ids = _diff_ids(config)
+        cfg_bytes, config = read_config(
+            reader, cfg_member, f"manifest.json entry {n}: config {cfg_member} is missing from the archive")
+        layer_ids = diff_ids(config)
         sources: dict[str, Any] = entry.get("LayerSources") or {}
         descs = []
         for i, layer in enumerate(layers):
             if not isinstance(layer, str):
                 raise FormatError(f"manifest.json entry {n}: layer {i} is not a path")
-            diff_id = diff_ids[i] if i < len(diff_ids) else None
+            diff_id = layer_ids[i] if i < len(layer_ids) else None
             src = sources.get(diff_id) if isinstance(sources, dict) and diff_id else None
             if not isinstance(src, dict):
                 src = None
@@ -71,16 +67,10 @@ def parse_manifest_json(reader: MemberReader) -> list[ImageDesc]:
             config_digest="sha256:" + hashlib.sha256(cfg_bytes).hexdigest(),
             platform=config_platform(config),
         )
-        if len(diff_ids) != len(descs):
+        if len(layer_ids) != len(descs):
             img.warnings.append(
-                f"config lists {len(diff_ids)} diff_ids but manifest.json lists {len(descs)} layers")
+                f"config lists {len(layer_ids)} diff_ids but manifest.json lists {len(descs)} layers")
         images.append(img)
     return images
 
 
-def _diff_ids(config: dict[str, Any]) -> list[str]:
-    rootfs = config.get("rootfs")
-    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(ids, list):
-        return []
-    return [d if isinstance(d, str) else "" for d in ids]

@@ -62,6 +62,26 @@ def load_json(data: bytes, what: str) -> Any:
         raise FormatError(f"{what} is not valid JSON: {e}") from None
 
 
+def read_config(reader: MemberReader, member: str, missing: str) -> tuple[bytes, dict[str, Any]]:
+    """An image config member: its bytes and its JSON object; FormatError `missing` when it is absent."""
+    if not reader.exists(member):
+        raise FormatError(missing)
+    data = reader.read(member)
+    config = load_json(data, member)
+    if not isinstance(config, dict):
+        raise FormatError(f"{member} is not a JSON object")
+    return data, config
+
+
+def diff_ids(config: dict[str, Any]) -> list[str]:
+    """rootfs.diff_ids of a config, bottom layer first ("" where an entry is not a string)."""
+    rootfs = config.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list):
+        return []
+    return [d if isinstance(d, str) else "" for d in ids]
+
+
 def blob_path(digest: str) -> str:
     """The member path of a digest in an OCI layout: blobs/<alg>/<hex>."""
     alg, sep, hexpart = digest.partition(":")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import FormatError
-from .model import ImageDesc, LayerDesc, MemberReader, blob_path, config_platform, load_json
+from .model import ImageDesc, LayerDesc, MemberReader, blob_path, config_platform, diff_ids, load_json, read_config
 
 MAX_DEPTH = 8
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -84,15 +84,9 @@ def _image(reader: MemberReader, manifest: dict[str, Any], member: str, digest: 
     if not isinstance(cfg_digest, str):
         raise FormatError(f"{member}: config has no digest")
     cfg_member = blob_path(cfg_digest)
-    if not reader.exists(cfg_member):
-        raise FormatError(f"{member}: config blob {cfg_digest} is missing from the archive")
-    cfg_bytes = reader.read(cfg_member)
-    config = load_json(cfg_bytes, cfg_member)
-    if not isinstance(config, dict):
-        raise FormatError(f"{cfg_member} is not a JSON object")
-    rootfs = config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    diff_ids = [d if isinstance(d, str) else "" for d in diff_ids] if isinstance(diff_ids, list) else []
+    cfg_bytes, config = read_config(reader, cfg_member,
+                                    f"{member}: config blob {cfg_digest} is missing from the archive")
+    layer_ids = diff_ids(config)
     layers = []
     for i, ld in enumerate(manifest["layers"]):
         if not isinstance(ld, dict) or not isinstance(ld.get("digest"), str):
@@ -101,7 +95,7 @@ def _image(reader: MemberReader, manifest: dict[str, Any], member: str, digest: 
         layers.append(LayerDesc(
             member=blob_path(ld["digest"]),
             digest=ld["digest"],
-            diff_id=diff_ids[i] if i < len(diff_ids) else None,
+            diff_id=layer_ids[i] if i < len(layer_ids) else None,
             media_type=ld.get("mediaType") if isinstance(ld.get("mediaType"), str) else None,
             size=size if isinstance(size, int) else None,
         ))
@@ -117,6 +111,6 @@ def _image(reader: MemberReader, manifest: dict[str, Any], member: str, digest: 
         manifest_bytes=reader.read(member),
         platform=platform or config_platform(config),
     )
-    if len(diff_ids) != len(layers):
-        img.warnings.append(f"config lists {len(diff_ids)} diff_ids but the manifest lists {len(layers)} layers")
+    if len(layer_ids) != len(layers):
+        img.warnings.append(f"config lists {len(layer_ids)} diff_ids but the manifest lists {len(layers)} layers")
     return img
