@@ -404,15 +404,13 @@ class Archive:
 
         try:
             hit = load("idx", origin)
-            if hit is None or looks_right(hit[0], src, hit[1], spot_check=shareable):
-                found = hit
-            else:
-                raise ValueError("does not fit")
+            if hit is not None and looks_right(hit[0], src, hit[1], spot_check=shareable):
+                return hit[0], "origin"
+            damaged = hit is not None
         except bad:
-            found = None
+            damaged = True
+        if damaged:
             self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
-        if found is not None:
-            return found[0], "origin"
         pointer = self.store.read("ptr", origin, ".ptr") if shareable else None
         candidates = []
         with contextlib.suppress(*bad):
@@ -439,17 +437,6 @@ class Archive:
                 self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
                 break
         return None, None
-
-    def share_verified(self, layer: Layer) -> None:
-        """Offer a layer's index to every archive, under its diff_id, once its content was hashed to it."""
-        if self.store is not None and layer.diff_id:
-            src, idx = layer.source(), layer.index()
-            if idx.meta_digest is None and self._shareable(src):
-                idx.meta_digest = meta_digest(idx, src)
-            if idx.meta_digest is not None:
-                self.store.write_with(SHARED, layer.diff_id, ".idx", lambda fh: dump_index(idx, src.size, fh))
-                self.store.write("ptr", self.origin(layer.member), ".ptr",
-                                 json.dumps({"key": layer.diff_id, "md": idx.meta_digest}).encode())
 
     def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
         """Images matching --image/--platform (host platform preferred among variants)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Callable
 
@@ -87,9 +86,5 @@ def verify_image(image: Image, progress: Callable[[str, int, int], None] | None 
         if compressed and layer.digest:
             checks.append(_check(f"{tag} blob ({compressed})", layer.digest,
                                  lambda la=layer: archive.reader.slice(la.member), prog(f"{tag} blob")))
-        check = _check(f"{tag} diff_id", layer.diff_id, layer.source, prog(f"{tag} diff_id"))
-        checks.append(check)
-        if check.ok:
-            with contextlib.suppress(ImgfsError):
-                archive.share_verified(layer)  # hashed: its index may now serve other archives too
+        checks.append(_check(f"{tag} diff_id", layer.diff_id, layer.source, prog(f"{tag} diff_id")))
     return checks

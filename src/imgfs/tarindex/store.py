@@ -163,14 +163,14 @@ class Store:
 
     def read(self, kind: str, key: str, suffix: str) -> bytes | None:
         """The bytes of a cache file (and mark it used), or None."""
-        p = self.path(kind, key, suffix)
-        try:
-            data = p.read_bytes()
-        except OSError:
+        fh = self.open(kind, key, suffix)
+        if fh is None:
             return None
-        with contextlib.suppress(OSError):
-            os.utime(p)
-        return data
+        with fh:
+            try:
+                return fh.read()
+            except OSError:
+                return None
 
     def write(self, kind: str, key: str, suffix: str, data: bytes) -> None:
         """Store bytes atomically; a cache that cannot be written only costs speed (said once)."""
