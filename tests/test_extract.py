@@ -47,21 +47,26 @@ def crafted(members: list, layout: dict[bytes, str | None]) -> Tree:
     data = tar_of(members)
     idx = index_of(data)
     refs = {name.decode(): i for i, name in enumerate(idx.names)}
-    nodes: dict[bytes, int] = {b"": -1}
-    children: dict[bytes, list[bytes]] = {}
+    tree = Tree([idx], [BytesSource(data)])
+    nodes = {b"": 0}
     implied = -2
     for key, member in layout.items():
-        if member is None:
-            nodes[key], implied = implied, implied - 1
-        else:
-            nodes[key] = refs[member]
         parent = key.rpartition(b"/")[0]
-        children.setdefault(parent if parent in layout else b"", []).append(key)  # hostile keys hang off the root
+        if parent not in layout:
+            parent = b""  # hostile keys hang off the root
+        name = key[len(parent) + 1:] if parent else key
+        if member is None:
+            ref, implied = implied, implied - 1
+        else:
+            ref = refs[member]
+        tree.extra.append(name)  # names set by hand, whatever the member is called
+        nodes[key] = tree.add(nodes[parent], name, -1 - len(tree.extra), ref)
+    tree.finish()
     counts: dict[int, int] = {}
-    for ref in nodes.values():
+    for ref in tree.refs:
         counts[ref] = counts.get(ref, 0) + 1
-    nlinks = {r: c for r, c in counts.items() if c > 1 and r >= 0}
-    return Tree([idx], [BytesSource(data)], nodes, {k: tuple(v) for k, v in children.items()}, nlinks, [])
+    tree.nlinks = {r: c for r, c in counts.items() if c > 1 and r >= 0}
+    return tree
 
 
 def walk_keys(tree: Tree) -> list[bytes]:
@@ -190,7 +195,10 @@ def test_broken_member_leaves_no_partial_file(tmp_path, place):
     data = tar_of([F("big", b"z" * 5000), F("ok", b"fine")])
     idx = index_of(data)
     cut = data[:idx.offsets[0] + 100]  # the source ends inside 'big'
-    tree = Tree([idx], [BytesSource(cut)], {b"": -1, b"big": 0, b"ok": 1}, {b"": (b"big", b"ok")}, {}, [])
+    tree = Tree([idx], [BytesSource(cut)])
+    tree.add(0, b"big", 0, 0)
+    tree.add(0, b"ok", 1, 1)
+    tree.finish()
     # 'ok' lies past the cut as well: both fail, neither leaves a file behind
     stats = extract(tree, [b""], dest, preserve_owner=False)
     assert len(stats.errors) == 2 and os.listdir(dest) == []

@@ -17,7 +17,7 @@ from .tarindex import FileSource, MemberIndex, Source, meta_digest, scan
 from .tarindex.compressed import GzipSource, open_stream
 from .tarindex.reader import HARDLINK, SYMLINK, normalize
 from .tarindex.source import SliceSource
-from .tarindex.store import DEFAULT_MAX_BYTES, Store, dump_index, load_index, looks_right
+from .tarindex.store import DEFAULT_MAX_BYTES, StaleIndex, Store, dump_index, load_index, looks_right
 from .tree import Tree, layer_tree, merged_tree
 
 Progress = Callable[[str, int, int], None]
@@ -400,7 +400,10 @@ class Archive:
             if fh is None:
                 return None
             with fh:  # parsed from the file: the arrays go straight into place
-                return load_index(fh)
+                try:
+                    return load_index(fh)
+                except StaleIndex:
+                    return None  # written by an earlier imgfs: rebuilt, and no damage to warn about
 
         try:
             hit = load("idx", origin)

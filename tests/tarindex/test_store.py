@@ -13,7 +13,7 @@ import pytest
 import imgfs
 from conftest import IMAGES
 from imgfs.tarindex import FileSource, scan
-from imgfs.tarindex.store import Store, dump_index, load_index, looks_right
+from imgfs.tarindex.store import MAGIC, Store, dump_index, load_index, looks_right
 from truthlib import listing_from_tree
 
 SEED = IMAGES / "seed.docker-oci.tar"
@@ -54,6 +54,20 @@ def test_damaged_cache_files_are_rebuilt_with_one_warning(tmp_path: Path, damage
     warnings.clear()
     assert _listing(tmp_path / "seed.tar", cache_dir=cache, warn=warnings.append) == want
     assert warnings == []  # rebuilt files are good again
+
+
+def test_index_files_of_an_earlier_format_are_rebuilt_without_a_warning(tmp_path: Path) -> None:
+    shutil.copy(SEED, tmp_path / "seed.tar")
+    cache = tmp_path / "cache"
+    want = _listing(tmp_path / "seed.tar", cache_dir=cache)
+    files = sorted(p for kind in ("idx", "shared") for p in (cache / "v1" / kind).glob("*.idx"))
+    assert files
+    for f in files:  # what imgfs 0.x wrote: format 1 (names as one NUL-separated block)
+        f.write_bytes(b"IMGFSIX1" + f.read_bytes()[8:])
+    warnings: list[str] = []
+    assert _listing(tmp_path / "seed.tar", cache_dir=cache, warn=warnings.append) == want
+    assert warnings == []
+    assert all(f.read_bytes()[:8] == MAGIC for f in files if f.exists())  # written again in this format
 
 
 def test_an_index_that_does_not_fit_the_stream_is_refused() -> None:

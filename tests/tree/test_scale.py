@@ -31,19 +31,22 @@ def _many_empty_files(n: int) -> bytes:
     return b"".join(out) + END
 
 
+def _array_bytes(obj: object) -> int:
+    """Bytes held by an object's arrays and byte strings (tracemalloc would slow the scan tenfold)."""
+    fields = vars(obj) if hasattr(obj, "__dict__") else {k: getattr(obj, k) for k in obj.__slots__}
+    return sum(sys.getsizeof(v) for v in fields.values() if isinstance(v, array | bytes | bytearray))
+
+
 def _index_bytes(idx: MemberIndex) -> int:
-    """Memory held by an index: its arrays, name list and name objects (tracemalloc would slow the scan tenfold)."""
-    arrays = [a for a in vars(idx).values() if isinstance(a, array | bytearray)]
-    return (sum(a.buffer_info()[1] * a.itemsize if isinstance(a, array) else len(a) for a in arrays)
-            + sys.getsizeof(idx.names) + sum(sys.getsizeof(n) for n in idx.names))
+    """Memory held by an index: its arrays, and its names' arrays, blob and directory strings."""
+    names = idx.names
+    return (_array_bytes(idx) + _array_bytes(names) + sys.getsizeof(names.blob)
+            + sys.getsizeof(names.dirs) + sum(sys.getsizeof(d) for d in names.dirs))
 
 
-def _tree_bytes(tree: Tree, shared: set[int]) -> int:
-    """Memory of a tree's own structures (names shared with the index are not counted twice)."""
-    total = sys.getsizeof(tree.nodes) + sys.getsizeof(tree.children)
-    total += sum(sys.getsizeof(k) for k in tree.nodes if id(k) not in shared)
-    total += sum(sys.getsizeof(v) for v in tree.children.values())
-    return total
+def _tree_bytes(tree: Tree) -> int:
+    """Memory of a tree's own structures: its arrays and the names of implied directories."""
+    return _array_bytes(tree) + sys.getsizeof(tree.extra) + sum(sys.getsizeof(n) for n in tree.extra)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +73,9 @@ def test_100k_members_scan_and_merge(many: Path) -> None:
     # machine and still catch anything quadratic (that would take hours).
     assert t1 - t0 < 30 and t2 - t1 < 15, (t1 - t0, t2 - t1)
     per_member = _index_bytes(idx) / N
-    assert per_member < 160, per_member  # 48 bytes of arrays + a short name object + the list slot
-    per_node = _tree_bytes(tree, {id(n) for n in idx.names}) / len(tree)
-    assert per_node < 250, per_node
+    assert per_member < 80, per_member  # 49 bytes of arrays, 8 of name arrays (+1/8 spare), 7 of name text
+    per_node = _tree_bytes(tree) / len(tree)
+    assert per_node < 48, per_node  # 28 bytes of arrays and 4 for each of ~2.6 hash slots
 
 
 def test_100000_deep_path_is_cheap() -> None:

@@ -67,3 +67,24 @@ def test_listdir_and_walk(tree: Tree) -> None:
 def test_dotdot_in_lookups_stays_inside(tree: Tree) -> None:
     assert tree.lookup("../../dir/data") == tree.lookup("dir/data")
     assert tree.lookup("dir/../before") == tree.lookup("before")
+
+
+def test_node_table_grows_and_forgets_removed_nodes() -> None:
+    # A tree made with no size hint rehashes its (parent, name) table several times while it fills.
+    t = merge([F("seed", b"x")])
+    small = len(t.slots)
+
+    def add(parent: int, name: bytes, ref: int) -> int:
+        t.extra.append(name)  # names set by hand: -2 - k is t.extra[k]
+        return t.add(parent, name, -1 - len(t.extra), ref)
+
+    dirs = [add(0, b"d%d" % k, -2 - k) for k in range(50)]
+    files = {(d, b"f%03d" % j): add(d, b"f%03d" % j, 0) for d in dirs for j in reversed(range(100))}
+    assert len(t.slots) > small and len(t) == 1 + 1 + 50 + 5000
+    assert all(t.child(d, name) == n for (d, name), n in files.items())
+    assert t.child(dirs[3], b"nope") is None and t.child(0, b"f000") is None and t.child(0, b"seed") == 1
+    t.parents[files[(dirs[7], b"f042")]] = -2  # removed, as a merge removes: the slot stays, the name is gone
+    assert t.child(dirs[7], b"f042") is None and t.child(dirs[7], b"f043") == files[(dirs[7], b"f043")]
+    t.finish()
+    assert [t.name(c) for c in t.kids(dirs[7])][:3] == [b"f000", b"f001", b"f002"]
+    assert len(list(t.kids(dirs[7]))) == 99 and t.path(files[(dirs[9], b"f005")]) == b"d9/f005"

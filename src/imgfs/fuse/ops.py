@@ -3,7 +3,7 @@
 Pure Python (no libfuse): bridge.py turns libfuse's low-level callbacks into these calls. An inode number
 says where an entry is: tree slot << 48 | inode inside the tree (slot 0: the skeleton, whose root is 1).
 Inside a tree it is the entry's reference + 2 (hard links share one), so a file's inode alone finds its
-bytes; only directories, which lookups and listings need by path, are remembered by key.
+bytes; only directories, which lookups and listings need as tree nodes, are remembered (inode -> node).
 """
 
 from __future__ import annotations
@@ -35,10 +35,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 Stat = tuple[int, int, int, int, int, int, int, float]
 
 
-def local_ino(key: bytes, ref: int) -> int:
-    """A tree entry's inode inside its tree: hard links share their ref, hence their inode."""
-    if not key:
-        return 1
+def local_ino(ref: int) -> int:
+    """A tree entry's inode in its tree (its root is 1): hard links share their ref, hence their inode."""
     return ref + 2 if ref >= 0 else _IMPLIED - ref
 
 
@@ -74,7 +72,7 @@ class ImgfsOps:
         self.uid, self.gid = os.getuid(), os.getgid()
         self.on_ready: list = []  # callables run once libfuse has mounted and called init
         # Directories by inode, as lookups meet them: one key each (already held by the tree).
-        self._dir_keys: dict[int, bytes] = {}
+        self._dir_nodes: dict[int, int] = {}  # directory inode -> its tree node
         # Files being read, by inode: a read is 128 KiB at most, so a 1 GiB file asks 8192 times.
         self._where: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         # Messages already logged, so a broken file logs one line however often it is read:
@@ -111,22 +109,22 @@ class ImgfsOps:
         tree = self._tree(node)
         local = ino & _LOCAL
         if local == 1:
-            return node, tree, tree.nodes[b""]
+            return node, tree, tree.refs[0]
         ref = _IMPLIED - local if local >= _IMPLIED else local - 2
         if ref >= 0:
             idx = tree.indexes[ref >> SHIFT] if ref >> SHIFT < len(tree.indexes) else None
-            if idx is None or (ref & MASK) >= len(idx):
+            if idx is None or (ref & MASK) >= len(idx.kinds):
                 raise _err(errno.ENOENT)
         return node, tree, ref
 
-    def _dir_key(self, ino: int, tree: Tree, ref: int) -> bytes:
-        """The key of a directory inode inside its tree (the root, or one a lookup returned)."""
+    def _dir_node(self, ino: int, tree: Tree, ref: int) -> int:
+        """The tree node of a directory inode (the root, or one a lookup returned)."""
         if ino & _LOCAL == 1:
-            return b""
-        key = self._dir_keys.get(ino)
-        if key is None or tree.kind_code(ref) != DIR:
+            return 0
+        n = self._dir_nodes.get(ino)
+        if n is None or tree.kind_code(ref) != DIR:
             raise _err(errno.ENOTDIR)
-        return key
+        return n
 
     def _label(self, where: _Where) -> str:
         """A file's path for a log line: its tree's mount path and its member name."""
@@ -157,14 +155,13 @@ class ImgfsOps:
             if child is None:
                 raise _err(errno.ENOENT)
             return child.ino, None, 0
-        key = self._dir_key(parent, tree, ref)
-        ckey = key + b"/" + name if key else name
-        cref = tree.nodes.get(ckey)
-        if cref is None:
+        c = tree.child(self._dir_node(parent, tree, ref), name)
+        if c is None:
             raise _err(errno.ENOENT)
-        ino = (parent & ~_LOCAL) | local_ino(ckey, cref)
+        cref = tree.refs[c]
+        ino = (parent & ~_LOCAL) | local_ino(cref)
         if tree.kind_code(cref) == DIR:
-            self._dir_keys[ino] = ckey
+            self._dir_nodes[ino] = c
         return ino, tree, cref
 
     def getattr(self, ino: int) -> Stat:
@@ -202,18 +199,17 @@ class ImgfsOps:
                 child = self.layout.nodes[base + b"/" + name]
                 out.append((name, stat.S_IFREG if child.kind == SKEL_FILE else stat.S_IFDIR, child.ino))
             return out
-        key = self._dir_key(ino, tree, ref)
+        n = self._dir_node(ino, tree, ref)
         base_ino = ino & ~_LOCAL
-        nodes = tree.nodes
+        refs, name = tree.refs, tree.name
         # The kind arrays of the tree's layers, indexed as kind_code() does, without a call per child.
         kinds = [idx.kinds if idx is not None else b"" for idx in tree.indexes]
-        cut = len(key) + 1 if key else 0
-        for child in tree.child_paths(key):
-            r = nodes[child]
+        for c in tree.kids(n):
+            r = refs[c]
             if r >= 0:
-                out.append((child[cut:], IFMT.get(kinds[r >> SHIFT][r & MASK], stat.S_IFREG), base_ino | r + 2))
+                out.append((name(c), IFMT.get(kinds[r >> SHIFT][r & MASK], stat.S_IFREG), base_ino | r + 2))
             else:
-                out.append((child[cut:], stat.S_IFDIR, base_ino | _IMPLIED - r))
+                out.append((name(c), stat.S_IFDIR, base_ino | _IMPLIED - r))
         return out
 
     def readlink(self, ino: int) -> bytes:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from zlib import adler32
 
 from ..errors import FormatError, TruncatedError
+from .names import Names
 from .source import Source
 
 BLOCK = 512
@@ -103,10 +104,10 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 
 
 class MemberIndex:
-    """The members of one tar stream in parallel arrays: 48 bytes a member plus its name."""
+    """The members of one tar stream in parallel arrays: 57 bytes a member plus its name's last component."""
 
     def __init__(self) -> None:
-        self.names: list[bytes] = []
+        self.names = Names()
         self.kinds = bytearray()
         self.modes = array("q")
         self.uids = array("q")
@@ -126,7 +127,7 @@ class MemberIndex:
         self.meta_digest: str | None = None
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.kinds)
 
     def kind_name(self, i: int) -> str:
         """The member's kind as a word: file, hardlink, symlink, char, block, dir, fifo."""
@@ -198,7 +199,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             byte_sum = (adler32(block) & 0xFFFF) - 1 if block.count(0) >= 256 else sum(block)
             computed = byte_sum - sum(chksum) + 256
             if stored != computed and stored != _signed_checksum(block):
-                if not names and off == 0:
+                if not kinds and off == 0:
                     raise FormatError("not a tar archive (bad header checksum at offset 0)")
                 raise FormatError(f"corrupt tar header at offset {off} (checksum mismatch)")
             t = typeflag[0]
@@ -260,7 +261,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                     lo = prev_end - buf_off
                     digest.update(buf[lo:pos + BLOCK] if lo >= 0 else src.pread(prev_end, data_off - prev_end))
                 prev_end = data_off + _skip(data_len)
-                i = len(names)
+                i = len(kinds)
                 add_name(norm)
                 add_kind(t)
                 if not (0 <= uid_v < _LIM and 0 <= gid_v < _LIM and -_LIM < mtime_v < _LIM):
@@ -292,7 +293,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 next_progress = off + (64 << 20)
     except FormatError as e:
         idx.error = str(e)
-        if not names and off == 0:
+        if not kinds and off == 0:
             if str(e).startswith("not a tar archive"):
                 raise
             raise FormatError(f"not a tar archive ({e})") from None
@@ -398,4 +399,4 @@ def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None,
 
 def iter_members(idx: MemberIndex) -> Iterator[int]:
     """Yield member numbers in archive order."""
-    return iter(range(len(idx.names)))
+    return iter(range(len(idx.kinds)))

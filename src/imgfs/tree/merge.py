@@ -18,114 +18,127 @@ def _missing_link(li: int, name: bytes, target: bytes) -> str:
 
 
 class _Builder:
-    """Mutable state while layers are applied in order (rules in docs/ARCHITECTURE.md)."""
+    """Mutable state while layers are applied in order (rules in docs/ARCHITECTURE.md).
 
-    def __init__(self, indexes: list[MemberIndex | None], follow_links: bool) -> None:
+    Works on the tree's nodes directly: a name's directory is resolved once per layer (Names.dirs), not
+    once per member, and no path is made as an object unless a rare case (links, whiteouts) needs it.
+    """
+
+    def __init__(self, indexes: list[MemberIndex | None], sources: list[Source | None], follow_links: bool,
+                 size_hint: int) -> None:
         self.indexes = indexes
         self.follow = follow_links
-        self.nodes: dict[bytes, int] = {b"": -1}
-        self.kids: dict[bytes, dict[bytes, None]] = {b"": {}}
+        self.t = Tree(indexes, sources, size_hint)
         self.next_implied = -2
         self.hard_targets: set[int] = set()
         self.link_refs: dict[int, int] = {}  # hardlink member ref -> the ref it resolved to
         self.warnings: list[str] = []
+        self.literal = True  # whether the last dir_node() followed no symlink
 
     def kind(self, ref: int) -> int:
         if ref < 0:
             return DIR
         return self.indexes[ref >> SHIFT].kinds[ref & MASK]  # type: ignore[union-attr]
 
-    # -- structure ---------------------------------------------------------------------
-    def remove(self, path: bytes) -> None:
-        """Remove `path` and everything below it."""
-        if path == b"" or self.nodes.pop(path, None) is None:
-            return
-        self.kids[path.rpartition(b"/")[0]].pop(path, None)
-        stack = [path]
-        while stack:
-            sub = self.kids.pop(stack.pop(), None)
-            if sub:
-                for c in sub:
-                    del self.nodes[c]
-                    stack.append(c)
+    def is_dir(self, n: int | None) -> bool:
+        return n is not None and self.kind(self.t.refs[n]) == DIR
 
-    def clear_dir(self, path: bytes) -> None:
-        """Remove every child of directory `path`, keeping the directory."""
-        for c in list(self.kids.get(path, ())):
+    # -- structure ---------------------------------------------------------------------
+    def remove(self, n: int) -> None:
+        """Remove node n and everything below it."""
+        t = self.t
+        parents = t.parents
+        if n <= 0 or parents[n] == -2:
+            return
+        stack = [n]
+        while stack:
+            x = stack.pop()
+            stack.extend(t.kids(x))
+            parents[x] = -2
+            t.live -= 1
+
+    def clear_dir(self, n: int) -> None:
+        """Remove every child of directory node n, keeping the directory."""
+        for c in list(self.t.kids(n)):
             self.remove(c)
 
-    def put(self, path: bytes, ref: int) -> None:
-        """Set `path` to `ref`: dir over dir keeps the children, anything else replaces."""
-        old = self.nodes.get(path)
-        is_dir = self.kind(ref) == DIR
+    def put(self, parent: int, name: bytes, name_ref: int, ref: int) -> int:
+        """Set `name` in `parent` to `ref`: dir over dir keeps the children, anything else replaces."""
+        t = self.t
+        old = t.child(parent, name)
         if old is not None:
-            if is_dir and self.kind(old) == DIR:
-                self.nodes[path] = ref
-                return
-            self.remove(path)
-        self.nodes[path] = ref
-        self.kids[path.rpartition(b"/")[0]][path] = None
-        if is_dir:
-            self.kids[path] = {}
+            if self.kind(ref) == DIR and self.kind(t.refs[old]) == DIR:
+                t.refs[old] = ref
+                return old
+            self.remove(old)
+        return t.add(parent, name, name_ref, ref)
 
-    def implied_dir(self, path: bytes) -> None:
-        self.put(path, self.next_implied)
+    def implied_dir(self, parent: int, name: bytes) -> int:
+        t = self.t
+        t.extra.append(name)
+        n = self.put(parent, name, -1 - len(t.extra), self.next_implied)
         self.next_implied -= 1
+        return n
 
-    def dir_path(self, path: bytes, create: bool, hops: int = 0) -> bytes | None:
-        """The real path of directory `path`, following symlinked components inside the root.
+    def dir_node(self, path: bytes, create: bool, hops: int = 0) -> int | None:
+        """The node of directory `path`, following symlinked components inside the root.
 
         Missing components become implied directories when `create` (containerd `mkparent`);
-        otherwise None is returned for a missing directory.
+        otherwise None is returned for a missing directory. Sets self.literal.
         """
-        ref = self.nodes.get(path)
-        if ref is not None and self.kind(ref) == DIR:
-            return path
-        cur = b""
+        t = self.t
+        self.literal = True
+        cur = 0
+        stack: list[tuple[int, int]] = []  # (node, length of its path) of each component walked
+        length = 0
         parts = path.split(b"/") if path else []
         i = 0
         while i < len(parts):
             comp = parts[i]
             i += 1
             if comp == b"..":
-                cur = cur.rpartition(b"/")[0]
+                if stack:
+                    stack.pop()
+                cur, length = stack[-1] if stack else (0, 0)
                 continue
             if comp in (b"", b"."):
                 continue
-            cand = cur + b"/" + comp if cur else comp
-            if len(cand) > PATH_MAX:
+            clen = length + 1 + len(comp) if length else len(comp)
+            if clen > PATH_MAX:
                 return None  # links that resolve to absurdly long paths: no directory is made for them
-            ref = self.nodes.get(cand)
-            if ref is None:
+            n = t.child(cur, comp)
+            if n is None:
                 if not create:
                     return None
-                self.implied_dir(cand)
-                cur = cand
-                continue
-            k = self.kind(ref)
-            if k == DIR:
-                cur = cand
-            elif k == SYMLINK and self.follow and hops < MAX_LINK_HOPS:
-                hops += 1
-                target = self.indexes[ref >> SHIFT].links.get(ref & MASK, b"")  # type: ignore[union-attr]
-                if target.startswith(b"/"):
-                    cur = b""
-                parts = target.split(b"/") + parts[i:]
-                i = 0
+                n = self.implied_dir(cur, comp)
             else:
-                if not create:
-                    return None
-                self.implied_dir(cand)  # a file where a directory must be: the directory wins
-                cur = cand
+                k = self.kind(t.refs[n])
+                if k == SYMLINK and self.follow and hops < MAX_LINK_HOPS:
+                    hops += 1
+                    self.literal = False
+                    target = self.indexes[t.refs[n] >> SHIFT].links.get(t.refs[n] & MASK, b"")  # type: ignore[union-attr]
+                    if target.startswith(b"/"):
+                        cur, length, stack = 0, 0, []
+                    parts = target.split(b"/") + parts[i:]
+                    i = 0
+                    continue
+                if k != DIR:
+                    if not create:
+                        return None
+                    n = self.implied_dir(cur, comp)  # a file where a directory must be: the directory wins
+            cur, length = n, clen
+            stack.append((cur, length))
         return cur
 
     # -- layers ------------------------------------------------------------------------
     def apply(self, li: int, idx: MemberIndex, merged: bool) -> None:
         """Apply one layer: whiteouts first (they only hide lower layers), then its members."""
         names, kinds = idx.names, idx.kinds
+        dirs, dir_of = names.dirs, names.dir_of
         base = li << SHIFT
+        t = self.t
         markers: set[int] = set()
-        if merged:
+        if merged and (WH in names.blob or any(WH in d for d in dirs)):
             for i, name in enumerate(names):
                 if WH not in name:
                     continue
@@ -143,54 +156,84 @@ class _Builder:
                 elif b in (WH, b".wh..", b".wh..."):
                     self.warnings.append(f"layer {li + 1}: invalid whiteout /{show(name)} ignored")
                 else:
-                    real = self.dir_path(d, create=False)
-                    if real is not None:
-                        self.remove(real + b"/" + b[4:] if real else b[4:])
-        # Hard links whose target comes later in the tar, by member name -> (member, resolved path).
-        deferred: dict[bytes, tuple[int, bytes]] = {}
-        nodes, kids = self.nodes, self.kids
+                    real = self.dir_node(d, create=False)
+                    hidden = t.child(real, b[4:]) if real is not None else None
+                    if hidden is not None:
+                        self.remove(hidden)
+        # Hard links whose target comes later in the tar, by member name -> (member, parent node, name).
+        deferred: dict[bytes, tuple[int, int, bytes]] = {}
+        parents, refs, name_refs, first, nxt = t.parents, t.refs, t.name_refs, t.first, t.nxt
+        blob, bounds = names.blob, names.bounds
+        # Names.dirs position -> its directory node, once reached without following a link; a directory
+        # member fills in its own position, so each directory is resolved from the root at most once.
+        found: list[int] = [-1] * len(dirs)
+        dir_ids = {d: k for k, d in enumerate(dirs)}
+        added = 0
+        add_ref, add_parent, add_name_ref, add_first, add_nxt = (
+            refs.append, parents.append, name_refs.append, first.append, nxt.append)
         for i in range(len(names)):
-            if i in markers:
+            if markers and i in markers:
                 continue
-            name = names[i]
             k = kinds[i]
             ref = base | i
             if deferred:
-                self.overrule(deferred, name, k)
-            if name == b"":
+                self.overrule(deferred, names[i], k)
+            b = blob[bounds[i]:bounds[i + 1]]
+            if not b:  # the root itself
                 if k == DIR:
-                    nodes[b""] = ref
+                    refs[0] = ref
                 continue
-            d, _, b = name.rpartition(b"/")
-            siblings = kids.get(d)
-            if siblings is not None and k != HARDLINK:
-                # Fast path: the parent is a real directory already (keys in `kids` are exactly those).
-                old = nodes.get(name)
-                if old is None:
-                    nodes[name] = ref
-                    siblings[name] = None
-                    if k == DIR:
-                        kids[name] = {}
+            did = dir_of[i]
+            p = found[did]
+            literal = True
+            # A directory found before is still it while alive: nodes never move, and one that stops being a
+            # directory is removed (only dir over dir changes a node's reference).
+            if p < 0 or parents[p] == -2:
+                d = dirs[did]
+                p = self.dir_node(d, create=True) if d else 0
+                if p is None:
+                    self.warnings.append(f"layer {li + 1}: /{show(names[i][:200])} lies under a path too long "
+                                         "to resolve")
                     continue
-                if k == DIR and name in kids:
-                    nodes[name] = ref  # dir over dir: new attributes, children merge
-                    continue
-            parent = self.dir_path(d, create=True) if d else b""
-            if parent is None:
-                self.warnings.append(f"layer {li + 1}: /{show(name[:200])} lies under a path too long to resolve")
-                continue
-            path = parent + b"/" + b if parent else b
+                literal = self.literal
+                found[did] = p if literal else -1
             if k == HARDLINK:
-                if not self.link(path, ref, idx.links.get(i, b"")):
-                    deferred[name] = (i, path)
+                if not self.link(p, b, ref, idx.links.get(i, b"")):
+                    deferred[names[i]] = (i, p, b)
                 continue
-            self.put(path, ref)
-        for i, path in deferred.values():
-            if not self.link(path, base | i, idx.links.get(i, b"")):
+            # Tree.add inlined: this loop runs once a member, and the calls cost a third of a merge.
+            slots = t.slots
+            h = hash((p, b)) & (len(slots) - 1)
+            n = slots[h]
+            if n >= 0:  # taken: by this very name, or by another (then probe on)
+                h = t.probe(p, b)
+                n = slots[h]
+            if n < 0:
+                n = len(refs)
+                add_ref(ref)
+                add_parent(p)
+                add_name_ref(ref)
+                add_first(-1)
+                add_nxt(first[p])
+                first[p] = n
+                slots[h] = n
+                added += 1
+                if n + n > len(slots):
+                    t._rehash(4 * len(slots))
+            else:
+                n = self.put(p, b, ref, ref)
+            if k == DIR and literal:
+                d = dirs[did]
+                own = dir_ids.get(d + b"/" + b if d else b)
+                if own is not None:
+                    found[own] = n
+        t.live += added
+        for i, p, b in deferred.values():
+            if not self.link(p, b, base | i, idx.links.get(i, b"")):
                 self.warnings.append(_missing_link(li, names[i], idx.links.get(i, b"")))
 
     @staticmethod
-    def overrule(deferred: dict[bytes, tuple[int, bytes]], name: bytes, kind: int) -> None:
+    def overrule(deferred: dict[bytes, tuple[int, int, bytes]], name: bytes, kind: int) -> None:
         """Drop pending hard links that a later entry of the layer overrules (rule 16, sequential order).
 
         The same path, or anything below it, overrules the link; an entry above it does only when it is
@@ -206,52 +249,54 @@ class _Builder:
         """Hide everything lower layers put in directory `d`; a symlink at `d` is not followed (rule 13)."""
         pd, _, pb = d.rpartition(b"/")
         if not d:
-            self.clear_dir(b"")
+            self.clear_dir(0)
             return
-        parent = self.dir_path(pd, create=False) if pd else b""
+        parent = self.dir_node(pd, create=False) if pd else 0
         if parent is None:
             return
-        real = parent + b"/" + pb if parent else pb
-        if real in self.kids:
+        real = self.t.child(parent, pb)
+        if real is not None and self.is_dir(real):
             self.clear_dir(real)
 
-    def link(self, path: bytes, ref: int, target: bytes) -> bool:
-        """Point `path` at the content of `target` as it is now (rule 21); False if not there."""
+    def link(self, parent: int, name: bytes, ref: int, target: bytes) -> bool:
+        """Point `name` in `parent` at the content of `target` as it is now (rule 21); False if not there."""
         tkey = normalize(target)
-        if tkey is None:
+        if tkey is None or self.t.parents[parent] == -2 and parent:
             return False
         d, _, b = tkey.rpartition(b"/")
-        parent = self.dir_path(d, create=False) if d else b""
-        if parent is None:
+        tparent = self.dir_node(d, create=False) if d else 0
+        if tparent is None:
             return False
-        tref = self.nodes.get(parent + b"/" + b if parent else b)
-        if tref is None or tref < 0 or self.kind(tref) != FILE:
+        tnode = self.t.child(tparent, b)
+        tref = self.t.refs[tnode] if tnode is not None else -1
+        if tref < 0 or self.kind(tref) != FILE:
             return False
-        self.put(path, tref)
+        self.put(parent, name, ref, tref)
         self.hard_targets.add(tref)
         self.link_refs[ref] = tref
         return True
 
-    def finish(self, sources: list[Source | None]) -> Tree:
-        children = {p: tuple(sorted(k)) for p, k in self.kids.items() if k}
-        nlinks: dict[int, int] = {}
+    def finish(self) -> Tree:
+        t = self.t
+        t.finish()
         if self.hard_targets:
-            ht = self.hard_targets
-            for v in self.nodes.values():
-                if v in ht:
+            ht, parents, nlinks = self.hard_targets, t.parents, t.nlinks
+            for n, v in enumerate(t.refs):
+                if v in ht and parents[n] != -2:
                     nlinks[v] = nlinks.get(v, 0) + 1
-        return Tree(self.indexes, sources, self.nodes, children, nlinks, self.warnings)
+        t.warnings = self.warnings
+        return t
 
 
 def merged_tree(indexes: list[MemberIndex | None], sources: list[Source | None]) -> tuple[Tree, dict[int, int]]:
     """All layers applied bottom to top; also the hard-link resolutions, for layer trees."""
-    b = _Builder(indexes, follow_links=True)
+    b = _Builder(indexes, sources, follow_links=True, size_hint=sum(len(i) for i in indexes if i is not None))
     for li, idx in enumerate(indexes):
         if idx is None:
             b.warnings.append(f"layer {li + 1} cannot be read: the merged view lacks its changes")
             continue
         b.apply(li, idx, merged=True)
-    return b.finish(sources), b.link_refs
+    return b.finish(), b.link_refs
 
 
 def layer_tree(li: int, indexes: list[MemberIndex | None], sources: list[Source | None],
@@ -260,11 +305,11 @@ def layer_tree(li: int, indexes: list[MemberIndex | None], sources: list[Source 
 
     `link_refs` is asked (only if needed) for the merged build's resolution of hard links into lower layers.
     """
-    b = _Builder(indexes, follow_links=False)
     idx = indexes[li]
+    b = _Builder(indexes, sources, follow_links=False, size_hint=len(idx) if idx is not None else 0)
     if idx is not None:
         b.apply(li, idx, merged=False)
-        missing = [i for i, k in enumerate(idx.kinds) if k == HARDLINK and idx.names[i] not in b.nodes]
+        missing = [i for i, k in enumerate(idx.kinds) if k == HARDLINK and b.t.find(idx.names[i]) is None]
         if missing and link_refs is not None:
             refs = link_refs()
             base = li << SHIFT
@@ -275,7 +320,7 @@ def layer_tree(li: int, indexes: list[MemberIndex | None], sources: list[Source 
                     b.warnings.append(_missing_link(li, idx.names[i], idx.links.get(i, b"")))
                     continue
                 d, _, name = idx.names[i].rpartition(b"/")
-                parent = b.dir_path(d, create=True) if d else b""
+                parent = b.dir_node(d, create=True) if d else 0
                 if parent is not None:
-                    b.put(parent + b"/" + name if parent else name, target)
-    return b.finish(sources)
+                    b.put(parent, name, base | i, target)
+    return b.finish()

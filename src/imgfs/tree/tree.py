@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from ..errors import FormatError, NotFoundError
@@ -66,20 +67,160 @@ def split_path(path: bytes | str) -> bytes:
 
 
 class Tree:
-    """Paths mapped to member references (layer << 32 | member); negative refs are implied dirs."""
+    """A directory tree in flat arrays: node n has a member reference, a parent and a name; node 0 is the root.
 
-    def __init__(self, indexes: list[MemberIndex | None], sources: list[Source | None],
-                 nodes: dict[bytes, int], children: dict[bytes, tuple[bytes, ...]],
-                 nlinks: dict[int, int], warnings: list[str]) -> None:
+    References are layer << 32 | member; negative ones are implied directories. A node's name is the last
+    name component of the member `name_refs[n]` (for a hard link: the link, not its target), or one of
+    `extra` for implied directories. Children are found by (parent, name) in an open-addressing table and
+    listed in name order through first-child / next-sibling links: about 36 bytes a node, no object each.
+    """
+
+    def __init__(self, indexes: list[MemberIndex | None], sources: list[Source | None], size_hint: int = 0) -> None:
         self.indexes = indexes
         self.sources = sources
-        self.nodes = nodes
-        self.children = children
-        self.nlinks = nlinks
-        self.warnings = warnings
+        self.refs = array("q", [-1])
+        self.parents = array("i", [-1])  # -2: removed (while a merge runs)
+        self.name_refs = array("q", [-1])
+        self.first = array("i", [-1])
+        self.nxt = array("i", [-1])
+        self.extra: list[bytes] = []
+        size = 1024
+        while size < 2 * size_hint:
+            size *= 2
+        self.slots = array("i", [-1]) * size
+        self.live = 1
+        self.nlinks: dict[int, int] = {}
+        self.warnings: list[str] = []
+        self.nodes = PathView(self)
+        # Each layer's (blob, bounds) of last name components, so that a name costs a slice, not two calls.
+        self.texts = [(x.names.blob, x.names.bounds) if x is not None else (b"", array("I")) for x in indexes]
 
     def __len__(self) -> int:
-        return len(self.nodes)
+        return self.live
+
+    # -- nodes ----------------------------------------------------------------------------
+    def name(self, n: int) -> bytes:
+        """Node n's name (b"" for the root)."""
+        r = self.name_refs[n]
+        if r >= 0:
+            blob, bounds = self.texts[r >> SHIFT]
+            i = r & MASK
+            return blob[bounds[i]:bounds[i + 1]]
+        return self.extra[-2 - r] if r <= -2 else b""
+
+    def probe(self, parent: int, name: bytes) -> int:
+        """The slot of `name` in directory node `parent`, or of the free slot where it would go."""
+        slots, parents, name_refs, texts = self.slots, self.parents, self.name_refs, self.texts
+        mask = len(slots) - 1
+        h = hash((parent, name)) & mask
+        n = slots[h]
+        while n >= 0:
+            if parents[n] == parent:
+                r = name_refs[n]
+                if r >= 0:
+                    blob, bounds = texts[r >> SHIFT]
+                    i = r & MASK
+                    if blob[bounds[i]:bounds[i + 1]] == name:
+                        return h
+                elif self.name(n) == name:
+                    return h
+            h = (h + 1) & mask
+            n = slots[h]
+        return h
+
+    def child(self, parent: int, name: bytes) -> int | None:
+        """The node called `name` in directory node `parent`, or None."""
+        n = self.slots[self.probe(parent, name)]
+        return n if n >= 0 else None
+
+    def add(self, parent: int, name: bytes, name_ref: int, ref: int, slot: int = -1) -> int:
+        """A new node under `parent`, which has no live child called `name` (`slot`: what probe() gave)."""
+        if slot < 0:
+            slot = self.probe(parent, name)
+        n = len(self.refs)
+        self.refs.append(ref)
+        self.parents.append(parent)
+        self.name_refs.append(name_ref)
+        self.first.append(-1)
+        first = self.first
+        self.nxt.append(first[parent])
+        first[parent] = n
+        self.live += 1
+        slots = self.slots
+        slots[slot] = n
+        if 2 * n > len(slots):
+            self._rehash(4 * len(slots))
+        return n
+
+    def _rehash(self, size: int) -> None:
+        slots = self.slots = array("i", [-1]) * size
+        mask = size - 1
+        parents = self.parents
+        for n in range(1, len(self.refs)):
+            p = parents[n]
+            if p >= 0:
+                h = hash((p, self.name(n))) & mask
+                while slots[h] >= 0:
+                    h = (h + 1) & mask
+                slots[h] = n
+
+    def kids(self, n: int) -> Iterator[int]:
+        """Child nodes of node n (in name order once the tree is built)."""
+        first, nxt, parents = self.first, self.nxt, self.parents
+        c = first[n]
+        while c >= 0:
+            if parents[c] == n:
+                yield c
+            c = nxt[c]
+
+    def find(self, key: bytes) -> int | None:
+        """The node at a tree key (no link following), or None."""
+        n: int | None = 0
+        if key:
+            for comp in key.split(b"/"):
+                n = self.child(n, comp)  # type: ignore[arg-type]
+                if n is None:
+                    return None
+        return n
+
+    def path(self, n: int) -> bytes:
+        """The tree key of node n."""
+        parts = []
+        parents = self.parents
+        while n > 0:
+            parts.append(self.name(n))
+            n = parents[n]
+        return b"/".join(reversed(parts))
+
+    def finish(self) -> None:
+        """Put every directory's children in name order, dropping removed nodes from the links."""
+        first, nxt, parents, name_refs, name, texts = (self.first, self.nxt, self.parents, self.name_refs, self.name,
+                                                        self.texts)
+
+        def key(c: int) -> bytes:  # name(), with fewer calls: this runs once a node
+            r = name_refs[c]
+            if r < 0:
+                return name(c)
+            blob, bounds = texts[r >> SHIFT]
+            i = r & MASK
+            return blob[bounds[i]:bounds[i + 1]]
+
+        for n in [n for n, f in enumerate(first) if f >= 0]:
+            if n and parents[n] == -2:
+                continue
+            kids = []
+            c = first[n]
+            while c >= 0:
+                if parents[c] == n:
+                    kids.append(c)
+                c = nxt[c]
+            if len(kids) > 1:
+                kids.sort(key=key, reverse=True)
+            head = -1
+            for c in kids:
+                nxt[c] = head
+                head = c
+            first[n] = head
 
     # -- metadata -------------------------------------------------------------------------
     def kind_code(self, ref: int) -> int:
@@ -90,13 +231,14 @@ class Tree:
 
     def lookup(self, path: bytes | str) -> int | None:
         """The reference stored at `path` (no link following), or None."""
-        return self.nodes.get(split_path(path))
+        n = self.find(split_path(path))
+        return None if n is None else self.refs[n]
 
     def entry(self, path: bytes | str) -> Entry | None:
         """The Entry at `path` (no link following), or None."""
         key = split_path(path)
-        ref = self.nodes.get(key)
-        return None if ref is None else self.entry_for(key, ref)
+        n = self.find(key)
+        return None if n is None else self.entry_for(key, self.refs[n])
 
     def entry_for(self, key: bytes, ref: int) -> Entry:
         """Build the Entry of a known (path, reference) pair."""
@@ -171,47 +313,53 @@ class Tree:
     def listdir(self, path: bytes | str) -> list[bytes]:
         """Names in a directory, sorted; NotFoundError if it is not a directory."""
         key = split_path(path)
-        ref = self.nodes.get(key)
-        if ref is None or self.kind_code(ref) != DIR:
+        n = self.find(key)
+        if n is None or self.kind_code(self.refs[n]) != DIR:
             raise NotFoundError(f"not a directory: /{key.decode('utf-8', 'backslashreplace')}")
-        cut = len(key) + 1 if key else 0
-        return [c[cut:] for c in self.children.get(key, ())]
+        return [self.name(c) for c in self.kids(n)]
 
-    def child_paths(self, key: bytes) -> tuple[bytes, ...]:
+    def child_paths(self, key: bytes) -> list[bytes]:
         """Full paths of a directory's children, sorted."""
-        return self.children.get(key, ())
+        n = self.find(key)
+        if n is None:
+            return []
+        return [key + b"/" + self.name(c) if key else self.name(c) for c in self.kids(n)]
 
     def walk(self, top: bytes | str = b"") -> Iterator[tuple[bytes, int]]:
         """Every (path, reference) under `top`, depth first, sorted, `top` included."""
         key = split_path(top)
-        ref = self.nodes.get(key)
-        if ref is None:
+        n = self.find(key)
+        if n is None:
             return
-        stack = [(key, ref)]
-        nodes, children = self.nodes, self.children
+        stack = [(key, n)]
+        refs, name, kids = self.refs, self.name, self.kids
         while stack:
-            p, r = stack.pop()
-            yield p, r
-            kids = children.get(p)
-            if kids:
-                stack.extend((c, nodes[c]) for c in reversed(kids))
+            p, n = stack.pop()
+            yield p, refs[n]
+            below = [(p + b"/" + name(c) if p else name(c), c) for c in kids(n)]
+            if below:
+                below.reverse()
+                stack.extend(below)
 
     # -- links ----------------------------------------------------------------------------
     def resolve(self, path: bytes | str, follow_last: bool = True) -> bytes | None:
         """Follow symlinks inside the image root (never above it); None when dangling."""
         parts = [p for p in split_path(path).split(b"/") if p]
+        parts.reverse()  # popped from the end
         cur: list[bytes] = []
+        at = [0]  # the node of each prefix of cur
         hops = 0
         while parts:
-            comp = parts.pop(0)
+            comp = parts.pop()
             if comp == b"..":
                 if cur:
                     cur.pop()
+                    at.pop()
                 continue
-            cand = b"/".join(cur + [comp])
-            ref = self.nodes.get(cand)
-            if ref is None:
+            n = self.child(at[-1], comp)
+            if n is None:
                 return None
+            ref = self.refs[n]
             if self.kind_code(ref) == SYMLINK and (parts or follow_last):
                 hops += 1
                 if hops > MAX_LINK_HOPS:
@@ -219,16 +367,18 @@ class Tree:
                 idx = self.indexes[ref >> SHIFT]
                 target = idx.links.get(ref & MASK, b"") if idx else b""
                 if target.startswith(b"/"):
-                    cur = []
-                parts = [p for p in target.split(b"/") if p and p != b"."] + parts
+                    cur, at = [], [0]
+                parts.extend(reversed([p for p in target.split(b"/") if p and p != b"."]))
                 continue
             cur.append(comp)
+            at.append(n)
         return b"/".join(cur)
 
     def file(self, path: bytes | str) -> int:
         """The reference of the regular file at `path` (symlinks followed inside the root); NotFoundError if none."""
         key = self.resolve(path)
-        ref = self.nodes.get(key) if key is not None else None
+        n = self.find(key) if key is not None else None
+        ref = None if n is None else self.refs[n]
         shown = split_path(path).decode("utf-8", "backslashreplace")
         if ref is None:
             raise NotFoundError(f"/{shown}: no such file")
@@ -265,3 +415,30 @@ class Tree:
                 break
             yield data
             off += len(data)
+
+
+class PathView(Mapping[bytes, int]):
+    """A tree read as {path: reference}, for callers that think in paths (made on demand, in walk order)."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+
+    def __getitem__(self, key: bytes) -> int:
+        n = self.tree.find(key)
+        if n is None:
+            raise KeyError(key)
+        return self.tree.refs[n]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (p for p, _ in self.tree.walk())
+
+    def __len__(self) -> int:
+        return len(self.tree)
+
+    def items(self) -> Iterator[tuple[bytes, int]]:  # type: ignore[override]
+        """(path, reference) of every node, depth first."""
+        return self.tree.walk()
+
+    def values(self) -> Iterator[int]:  # type: ignore[override]
+        """The reference of every node, depth first."""
+        return (r for _, r in self.tree.walk())
