@@ -11,6 +11,7 @@ import pytest
 
 from imgfs.errors import FormatError, ImgfsError
 from imgfs.tarindex import FileSource, MemberIndex, scan
+from imgfs.tarindex.store import dump_index, load_index
 from tarindex.tarmaker import (
     END,
     BytesSource,
@@ -247,6 +248,17 @@ def test_base256_uid_gid_as_tarfile_writes_them() -> None:
     assert data[108] & 0x80 and data[116] & 0x80, "tarfile did not write base-256"
     assert (one(data)["uid"], one(data)["gid"]) == (2**40, 2**33 + 1)
     assert imgfs_view(data) == tarfile_view(data)
+
+
+def test_owner_ids_past_32_bits_after_small_ones_keep_every_id() -> None:
+    # The id arrays start 32 bits wide and widen when the first larger id comes, keeping those before it.
+    data = tar_of([F("small", b"", uid=1000, gid=0xFFFFFFFF), F("big", b"", uid=2**40, gid=7), F("after", b"", uid=5)],
+                  tarfile.GNU_FORMAT)
+    idx = index_of(data)
+    want = [(1000, 0xFFFFFFFF), (2**40, 7), (5, 0)]
+    assert list(zip(idx.uids, idx.gids, strict=True)) == want
+    back, _ = load_index(dump_index(idx, len(data)))
+    assert list(zip(back.uids, back.gids, strict=True)) == want and back.uids.typecode == "q"
 
 
 def test_base256_size_and_negative_mtime() -> None:

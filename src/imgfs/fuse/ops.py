@@ -2,8 +2,8 @@
 
 Pure Python (no libfuse): bridge.py turns libfuse's low-level callbacks into these calls. An inode number
 says where an entry is: tree slot << 48 | inode inside the tree (slot 0: the skeleton, whose root is 1).
-Inside a tree it is the entry's reference + 2 (hard links share one), so a file's inode alone finds its
-bytes; only directories, which lookups and listings need as tree nodes, are remembered (inode -> node).
+Inside a tree a directory's is 2^47 + its tree node, anything else's its reference + 2 (hard links share
+one): an inode alone finds a file's bytes or a directory's children, and nothing is remembered per inode.
 """
 
 from __future__ import annotations
@@ -28,16 +28,18 @@ IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: stat
         BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
 ROOT_INO = 1
 _LOCAL = (1 << TREE_SHIFT) - 1
-_IMPLIED = 1 << (TREE_SHIFT - 1)  # local inode numbers of implied directories start here
+_DIRS = 1 << (TREE_SHIFT - 1)  # a directory's local inode is this + its tree node (references stay below)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 # (st_ino, st_mode, st_nlink, st_uid, st_gid, st_rdev, st_size, st_mtime)
 Stat = tuple[int, int, int, int, int, int, int, float]
 
 
-def local_ino(ref: int) -> int:
-    """A tree entry's inode in its tree (its root is 1): hard links share their ref, hence their inode."""
-    return ref + 2 if ref >= 0 else _IMPLIED - ref
+def local_ino(tree: Tree, node: int) -> int:
+    """A tree entry's inode in its tree (its root is 1): a directory's says its node, anything else's its
+    reference, so that hard links share one and a file's inode alone finds its bytes."""
+    ref = tree.refs[node]
+    return _DIRS + node if tree.kind_code(ref) == DIR else ref + 2
 
 
 def _err(code: int) -> OSError:
@@ -71,8 +73,6 @@ class ImgfsOps:
         self.mtime = st.st_mtime
         self.uid, self.gid = os.getuid(), os.getgid()
         self.on_ready: list = []  # callables run once libfuse has mounted and called init
-        # Directories by inode, as lookups meet them: one key each (already held by the tree).
-        self._dir_nodes: dict[int, int] = {}  # directory inode -> its tree node
         # Files being read, by inode: a read is 128 KiB at most, so a 1 GiB file asks 8192 times.
         self._where: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         # Messages already logged, so a broken file logs one line however often it is read:
@@ -110,21 +110,26 @@ class ImgfsOps:
         local = ino & _LOCAL
         if local == 1:
             return node, tree, tree.refs[0]
-        ref = _IMPLIED - local if local >= _IMPLIED else local - 2
-        if ref >= 0:
-            idx = tree.indexes[ref >> SHIFT] if ref >> SHIFT < len(tree.indexes) else None
-            if idx is None or (ref & MASK) >= len(idx.kinds):
+        if local >= _DIRS:
+            n = local - _DIRS
+            if n >= len(tree.refs) or tree.parents[n] < 0:
                 raise _err(errno.ENOENT)
+            return node, tree, tree.refs[n]
+        ref = local - 2
+        idx = tree.indexes[ref >> SHIFT] if ref >> SHIFT < len(tree.indexes) else None
+        if idx is None or (ref & MASK) >= len(idx.kinds):
+            raise _err(errno.ENOENT)
         return node, tree, ref
 
-    def _dir_node(self, ino: int, tree: Tree, ref: int) -> int:
-        """The tree node of a directory inode (the root, or one a lookup returned)."""
-        if ino & _LOCAL == 1:
+    @staticmethod
+    def _dir_node(ino: int) -> int:
+        """The tree node of a directory inode."""
+        local = ino & _LOCAL
+        if local == 1:
             return 0
-        n = self._dir_nodes.get(ino)
-        if n is None or tree.kind_code(ref) != DIR:
+        if local < _DIRS:
             raise _err(errno.ENOTDIR)
-        return n
+        return local - _DIRS
 
     def _label(self, where: _Where) -> str:
         """A file's path for a log line: its tree's mount path and its member name."""
@@ -155,14 +160,10 @@ class ImgfsOps:
             if child is None:
                 raise _err(errno.ENOENT)
             return child.ino, None, 0
-        c = tree.child(self._dir_node(parent, tree, ref), name)
+        c = tree.child(self._dir_node(parent), name)
         if c is None:
             raise _err(errno.ENOENT)
-        cref = tree.refs[c]
-        ino = (parent & ~_LOCAL) | local_ino(cref)
-        if tree.kind_code(cref) == DIR:
-            self._dir_nodes[ino] = c
-        return ino, tree, cref
+        return (parent & ~_LOCAL) | local_ino(tree, c), tree, tree.refs[c]
 
     def getattr(self, ino: int) -> Stat:
         """stat() of an inode: the entry's own mode, owner, size, mtime, nlink and its inode number."""
@@ -199,17 +200,18 @@ class ImgfsOps:
                 child = self.layout.nodes[base + b"/" + name]
                 out.append((name, stat.S_IFREG if child.kind == SKEL_FILE else stat.S_IFDIR, child.ino))
             return out
-        n = self._dir_node(ino, tree, ref)
+        n = self._dir_node(ino)
         base_ino = ino & ~_LOCAL
         refs, name = tree.refs, tree.name
         # The kind arrays of the tree's layers, indexed as kind_code() does, without a call per child.
         kinds = [idx.kinds if idx is not None else b"" for idx in tree.indexes]
         for c in tree.kids(n):
             r = refs[c]
-            if r >= 0:
-                out.append((name(c), IFMT.get(kinds[r >> SHIFT][r & MASK], stat.S_IFREG), base_ino | r + 2))
+            k = kinds[r >> SHIFT][r & MASK] if r >= 0 else DIR
+            if k == DIR:
+                out.append((name(c), stat.S_IFDIR, base_ino | _DIRS + c))
             else:
-                out.append((name(c), stat.S_IFDIR, base_ino | _IMPLIED - r))
+                out.append((name(c), IFMT.get(k, stat.S_IFREG), base_ino | r + 2))
         return out
 
     def readlink(self, ino: int) -> bytes:

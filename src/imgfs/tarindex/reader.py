@@ -104,14 +104,14 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 
 
 class MemberIndex:
-    """The members of one tar stream in parallel arrays: 57 bytes a member plus its name's last component."""
+    """The members of one tar stream in parallel arrays: 43 bytes a member plus its name's last component."""
 
     def __init__(self) -> None:
         self.names = Names()
         self.kinds = bytearray()
-        self.modes = array("q")
-        self.uids = array("q")
-        self.gids = array("q")
+        self.modes = array("H")  # permission bits only (& 0o7777)
+        self.uids = array("I")  # "q" once an id does not fit 32 bits
+        self.gids = array("I")
         self.sizes = array("q")
         self.mtimes = array("q")  # whole seconds
         self.offsets = array("q")  # of the data in the stream
@@ -264,9 +264,12 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 i = len(kinds)
                 add_name(norm)
                 add_kind(t)
-                if not (0 <= uid_v < _LIM and 0 <= gid_v < _LIM and -_LIM < mtime_v < _LIM):
+                if not (0 <= uid_v <= _U32 and 0 <= gid_v <= _U32 and -_LIM < mtime_v < _LIM):
                     uid_v, gid_v = _clamp(uid_v), _clamp(gid_v)
                     mtime_v = mtime_v if -_LIM < mtime_v < _LIM else 0
+                    if (uid_v > _U32 or gid_v > _U32) and idx.uids.typecode != "q":
+                        idx.uids, idx.gids = array("q", idx.uids), array("q", idx.gids)  # ids past 32 bits: rare
+                        add_uid, add_gid = idx.uids.append, idx.gids.append
                 add_mode(mode_v & 0o7777)
                 add_uid(uid_v)
                 add_gid(gid_v)
@@ -346,6 +349,7 @@ def _bad_name(norm: bytes) -> str | None:
 
 
 _LIM = 1 << 62  # what the index's signed 64-bit arrays hold with room to spare
+_U32 = 0xFFFFFFFF  # owner ids fit 32 bits (their arrays widen to 64 when one does not)
 
 
 def _clamp(v: int) -> int:

@@ -20,7 +20,7 @@ from .reader import BLOCK, FILE, MemberIndex
 from .source import Source
 
 VERSION = 1  # of the cache's layout (its folder, v1)
-INDEX_FORMAT = 2  # of index files; 2: names as directories + last components (names.py)
+INDEX_FORMAT = 3  # of index files; 2: names as directories + last components (names.py), 3: narrow arrays
 MAGIC = b"IMGFSIX%d" % INDEX_FORMAT
 DEFAULT_MAX_BYTES = 8 << 30
 _ARRAYS = ("modes", "uids", "gids", "sizes", "mtimes", "offsets")
@@ -58,6 +58,7 @@ def dump_index(idx: MemberIndex, stream_size: int, out: BinaryIO | None = None) 
         "xattrs": {i: {k: lat(v) for k, v in x.items()} for i, x in idx.xattrs.items()},
         "broken": idx.broken, "frac": idx.mtime_frac, "md": idx.meta_digest,
         "dirs": len(names.dirs), "bounds": names.bounds.typecode,
+        "types": [getattr(idx, name).typecode for name in _ARRAYS],
     }
     head = json.dumps(meta, separators=(",", ":")).encode()
     out.write(MAGIC + struct.pack("<Q", len(head)) + head)
@@ -96,8 +97,11 @@ def load_index(data: bytes | BinaryIO) -> tuple[MemberIndex, int]:
     n = int(meta["n"])
     idx = MemberIndex()
     idx.kinds = bytearray(fh.read(n))
-    for name in _ARRAYS:
-        arr = array("q")
+    types = meta["types"]
+    if not isinstance(types, list) or len(types) != len(_ARRAYS) or not set(types) <= set("HIq"):
+        raise ValueError("index file header is inconsistent")
+    for name, typecode in zip(_ARRAYS, types, strict=True):
+        arr = array(typecode)
         try:
             arr.fromfile(fh, n)
         except EOFError:

@@ -162,15 +162,13 @@ class _Builder:
                         self.remove(hidden)
         # Hard links whose target comes later in the tar, by member name -> (member, parent node, name).
         deferred: dict[bytes, tuple[int, int, bytes]] = {}
-        parents, refs, name_refs, first, nxt = t.parents, t.refs, t.name_refs, t.first, t.nxt
+        parents, refs, first, nxt = t.parents, t.refs, t.first, t.nxt
         blob, bounds = names.blob, names.bounds
         # Names.dirs position -> its directory node, once reached without following a link; a directory
         # member fills in its own position, so each directory is resolved from the root at most once.
         found: list[int] = [-1] * len(dirs)
         dir_ids = {d: k for k, d in enumerate(dirs)}
         added = 0
-        add_ref, add_parent, add_name_ref, add_first, add_nxt = (
-            refs.append, parents.append, name_refs.append, first.append, nxt.append)
         for i in range(len(names)):
             if markers and i in markers:
                 continue
@@ -209,13 +207,15 @@ class _Builder:
                 h = t.probe(p, b)
                 n = slots[h]
             if n < 0:
-                n = len(refs)
-                add_ref(ref)
-                add_parent(p)
-                add_name_ref(ref)
-                add_first(-1)
-                add_nxt(first[p])
+                n = t.count
+                if n == len(refs):
+                    t.reserve(max(1024, n // 8))
+                refs[n] = ref
+                parents[n] = p
+                first[n] = -1
+                nxt[n] = first[p]
                 first[p] = n
+                t.count = n + 1
                 slots[h] = n
                 added += 1
                 if n + n > len(slots):

@@ -70,19 +70,24 @@ class Tree:
     """A directory tree in flat arrays: node n has a member reference, a parent and a name; node 0 is the root.
 
     References are layer << 32 | member; negative ones are implied directories. A node's name is the last
-    name component of the member `name_refs[n]` (for a hard link: the link, not its target), or one of
-    `extra` for implied directories. Children are found by (parent, name) in an open-addressing table and
-    listed in name order through first-child / next-sibling links: about 36 bytes a node, no object each.
+    name component of its member, or of the member `renamed[n]` (a hard link: the link, not its target),
+    or `extra[-2 - renamed[n]]` (implied directories). Children are found by (parent, name) in an
+    open-addressing table and listed in name order through first-child / next-sibling links: about 32 bytes
+    a node, no object each.
     """
 
     def __init__(self, indexes: list[MemberIndex | None], sources: list[Source | None], size_hint: int = 0) -> None:
         self.indexes = indexes
         self.sources = sources
+        # Node arrays, filled up to `count`: made at their expected size at once and cut to it by finish(),
+        # since growing them by appends left ~9 MB of freed copies in the heap of many's mount.
         self.refs = array("q", [-1])
         self.parents = array("i", [-1])  # -2: removed (while a merge runs)
-        self.name_refs = array("q", [-1])
         self.first = array("i", [-1])
         self.nxt = array("i", [-1])
+        self.count = 1
+        self.reserve(size_hint)
+        self.renamed: dict[int, int] = {}  # node -> where its name comes from, where not its reference
         self.extra: list[bytes] = []
         size = 1024
         while size < 2 * size_hint:
@@ -101,7 +106,9 @@ class Tree:
     # -- nodes ----------------------------------------------------------------------------
     def name(self, n: int) -> bytes:
         """Node n's name (b"" for the root)."""
-        r = self.name_refs[n]
+        r = self.renamed.get(n)
+        if r is None:
+            r = self.refs[n]
         if r >= 0:
             blob, bounds = self.texts[r >> SHIFT]
             i = r & MASK
@@ -110,14 +117,14 @@ class Tree:
 
     def probe(self, parent: int, name: bytes) -> int:
         """The slot of `name` in directory node `parent`, or of the free slot where it would go."""
-        slots, parents, name_refs, texts = self.slots, self.parents, self.name_refs, self.texts
+        slots, parents, refs, renamed, texts = self.slots, self.parents, self.refs, self.renamed, self.texts
         mask = len(slots) - 1
         h = hash((parent, name)) & mask
         n = slots[h]
         while n >= 0:
             if parents[n] == parent:
-                r = name_refs[n]
-                if r >= 0:
+                r = refs[n]
+                if r >= 0 and n not in renamed:
                     blob, bounds = texts[r >> SHIFT]
                     i = r & MASK
                     if blob[bounds[i]:bounds[i + 1]] == name:
@@ -137,14 +144,18 @@ class Tree:
         """A new node under `parent`, which has no live child called `name` (`slot`: what probe() gave)."""
         if slot < 0:
             slot = self.probe(parent, name)
-        n = len(self.refs)
-        self.refs.append(ref)
-        self.parents.append(parent)
-        self.name_refs.append(name_ref)
-        self.first.append(-1)
+        n = self.count
+        if n == len(self.refs):
+            self.reserve(max(1024, n // 8))
+        self.refs[n] = ref
+        self.parents[n] = parent
+        if name_ref != ref:
+            self.renamed[n] = name_ref
         first = self.first
-        self.nxt.append(first[parent])
+        first[n] = -1
+        self.nxt[n] = first[parent]
         first[parent] = n
+        self.count = n + 1
         self.live += 1
         slots = self.slots
         slots[slot] = n
@@ -152,11 +163,18 @@ class Tree:
             self._rehash(4 * len(slots))
         return n
 
+    def reserve(self, more: int) -> None:
+        """Room for `more` nodes past count, made at once."""
+        short = self.count + more - len(self.refs)
+        if short > 0:
+            for arr in (self.refs, self.parents, self.first, self.nxt):
+                arr.extend(array(arr.typecode, [-1]) * short)
+
     def _rehash(self, size: int) -> None:
         slots = self.slots = array("i", [-1]) * size
         mask = size - 1
         parents = self.parents
-        for n in range(1, len(self.refs)):
+        for n in range(1, self.count):
             p = parents[n]
             if p >= 0:
                 h = hash((p, self.name(n))) & mask
@@ -194,12 +212,14 @@ class Tree:
 
     def finish(self) -> None:
         """Put every directory's children in name order, dropping removed nodes from the links."""
-        first, nxt, parents, name_refs, name, texts = (self.first, self.nxt, self.parents, self.name_refs, self.name,
-                                                        self.texts)
+        for arr in (self.refs, self.parents, self.first, self.nxt):
+            del arr[self.count:]
+        first, nxt, parents, refs, renamed, name, texts = (self.first, self.nxt, self.parents, self.refs, self.renamed,
+                                                            self.name, self.texts)
 
         def key(c: int) -> bytes:  # name(), with fewer calls: this runs once a node
-            r = name_refs[c]
-            if r < 0:
+            r = refs[c]
+            if r < 0 or c in renamed:
                 return name(c)
             blob, bounds = texts[r >> SHIFT]
             i = r & MASK
