@@ -7,11 +7,8 @@ import errno
 import logging
 import os
 import select
-import shutil
 import signal
 import stat
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -146,7 +143,7 @@ class _Stderr:
 
     def __init__(self) -> None:
         # A file, not a pipe: libfuse -d can write a lot, and must never block on it.
-        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by release()
+        self.file = open(os.memfd_create("imgfs-stderr"), "w+b")  # noqa: SIM115 - closed by release()
         try:
             self.saved = os.dup(2)
         except OSError:  # no stderr at all: nothing to keep
@@ -336,6 +333,9 @@ def umount(mountpoint: str, lazy: bool = False) -> None:
         if not os.path.lexists(mp):
             raise ImgfsError(f"{mountpoint} does not exist")
         raise ImgfsError(f"{mountpoint} is not mounted")
+    import shutil  # here: the mount path does not need it (start-up time)
+    import subprocess
+
     if shutil.which("fusermount"):
         cmd = ["fusermount", "-u"] + (["-z"] if lazy else []) + ["--", mp]
     else:

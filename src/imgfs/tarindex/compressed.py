@@ -6,9 +6,7 @@ import atexit
 import contextlib
 import io
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable
@@ -129,6 +127,9 @@ class GzipSource:
     def _first_pass(self, window: tuple[str, int, int]) -> tuple[int, bytes] | None:
         """Run gzpass in a child; (size, seek points), or None when the stream needs the slow path."""
         path, base, length = window
+        import subprocess  # here: only a first pass needs them (start-up time)
+        import tempfile
+
         fd, out = tempfile.mkstemp(prefix="imgfs-gzi-")
         os.close(fd)
         try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable
@@ -207,6 +205,9 @@ def spool_limit(src: Source, where: str | None) -> int:
     """How far a decompressed copy of `src` may grow: bombs stop here, as does a filling disk."""
     limit = max(BOMB_FLOOR, BOMB_RATIO * src.size)
     with contextlib.suppress(OSError):
+        import shutil  # here, as below: only spooling needs them, and they cost start-up time
+        import tempfile
+
         limit = min(limit, int(shutil.disk_usage(where or tempfile.gettempdir()).free * 0.8))
     return limit
 
@@ -255,6 +256,8 @@ class SpoolSource(LazySource):
         self.spool_dir = spool_dir
 
     def _make(self) -> Source:
+        import tempfile
+
         fd, path = tempfile.mkstemp(prefix="imgfs-spool-", dir=self.spool_dir)
         try:
             with os.fdopen(os.dup(fd), "wb", buffering=_CHUNK) as out:

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 import threading
 from array import array
 from collections.abc import Callable
@@ -208,6 +207,8 @@ class Store:
         p = self.path(kind, key, suffix)
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
+            import tempfile  # here: reading the cache, as a warm mount does, never needs it
+
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=p.parent)
             try:
                 with os.fdopen(fd, "wb") as fh:
