@@ -53,6 +53,12 @@ class Names(Sequence[bytes]):
         self.dir_of.append(k)
         self.bounds.append(end)
 
+    def adopt(self, text: bytearray) -> None:
+        """Take the last components a scan appended itself (to a Names that had none) as the blob."""
+        if self._blob or self._tail:
+            raise ValueError("adopt() is for a Names filled by a scan")
+        self._blob, self._end, self._dir_ids = bytes(text), len(text), None
+
     @property
     def blob(self) -> bytes:
         """Every last component, end to end."""

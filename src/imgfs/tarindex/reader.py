@@ -158,7 +158,11 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
     # every number twice at the peak of a big scan.
     add_mode, add_uid, add_gid = idx.modes.append, idx.uids.append, idx.gids.append
     add_size, add_mtime, add_offset = idx.sizes.append, idx.mtimes.append, idx.offsets.append
-    add_name = names.append
+    # Names.append, inlined (a call a member is ~5% of a scan): each directory once, last components
+    # appended to one buffer, handed to the Names at the end.
+    dir_ids: dict[bytes, int] = {}
+    dirs, add_dir_of, add_bound = names.dirs, names.dir_of.append, names.bounds.append
+    tail = bytearray()
     add_kind = kinds.append
     next_progress = 64 << 20
     window = getattr(src, "window", _WINDOW)
@@ -262,7 +266,19 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                     digest.update(buf[lo:pos + BLOCK] if lo >= 0 else src.pread(prev_end, data_off - prev_end))
                 prev_end = data_off + _skip(data_len)
                 i = len(kinds)
-                add_name(norm)
+                d, _, b = norm.rpartition(b"/")
+                k = dir_ids.get(d)
+                if k is None:
+                    k = dir_ids[d] = len(dirs)
+                    dirs.append(d)
+                add_dir_of(k)
+                tail += b
+                try:
+                    add_bound(len(tail))
+                except OverflowError:  # names past 4 GiB: bounds widen to 64 bits
+                    names.bounds = array("q", names.bounds)
+                    add_bound = names.bounds.append
+                    add_bound(len(tail))
                 add_kind(t)
                 if not (0 <= uid_v <= _U32 and 0 <= gid_v <= _U32 and -_LIM < mtime_v < _LIM):
                     uid_v, gid_v = _clamp(uid_v), _clamp(gid_v)
@@ -300,6 +316,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             if str(e).startswith("not a tar archive"):
                 raise
             raise FormatError(f"not a tar archive ({e})") from None
+    names.adopt(tail)
     idx.end = off
     if vouch and not idx.error and 0 <= off - prev_end <= _MAX_GAP:
         digest.update(src.pread(prev_end, off - prev_end) + src.pread(off, min(BLOCK, total - off)))

@@ -217,27 +217,25 @@ class Tree:
         first, nxt, parents, refs, renamed, name, texts = (self.first, self.nxt, self.parents, self.refs, self.renamed,
                                                             self.name, self.texts)
 
-        def key(c: int) -> bytes:  # name(), with fewer calls: this runs once a node
-            r = refs[c]
-            if r < 0 or c in renamed:
-                return name(c)
-            blob, bounds = texts[r >> SHIFT]
-            i = r & MASK
-            return blob[bounds[i]:bounds[i + 1]]
-
         for n in [n for n, f in enumerate(first) if f >= 0]:
             if n and parents[n] == -2:
                 continue
-            kids = []
+            pairs = []  # (name, node): sorted as tuples, all in C (names of live siblings differ)
             c = first[n]
             while c >= 0:
                 if parents[c] == n:
-                    kids.append(c)
+                    r = refs[c]
+                    if r >= 0 and c not in renamed:  # name(), inlined: this runs once a node
+                        blob, bounds = texts[r >> SHIFT]
+                        i = r & MASK
+                        pairs.append((blob[bounds[i]:bounds[i + 1]], c))
+                    else:
+                        pairs.append((name(c), c))
                 c = nxt[c]
-            if len(kids) > 1:
-                kids.sort(key=key, reverse=True)
+            if len(pairs) > 1:
+                pairs.sort(reverse=True)
             head = -1
-            for c in kids:
+            for _, c in pairs:
                 nxt[c] = head
                 head = c
             first[n] = head
