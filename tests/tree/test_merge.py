@@ -306,6 +306,14 @@ def test_hardlink_resolves_as_of_its_layer() -> None:
     assert t.entry("keep").nlink == 1 and t.entry("etc/passwd").nlink == 1
 
 
+def test_deferred_hardlink_finds_its_parent_recreated_in_the_same_layer() -> None:
+    # d -> b (a lower layer's symlink); the link waits for its target t, and meanwhile b is replaced by a
+    # file and made a directory again. The link still lands in the new b, as sequential extraction does.
+    t = merge([S("d", "b"), D("b")], [H("d/c", "t"), F("b"), D("b"), F("t", b"x")])
+    assert content(t, "b/c") == b"x" and t.warnings == []
+    assert t.entry("b/c").ino == t.entry("t").ino and t.entry("t").nlink == 2
+
+
 def test_hardlink_target_removed_later_keeps_the_link() -> None:
     t = merge(BASE, [H("keep", "etc/group")], [WH("etc/group")])
     assert content(t, "keep") == b"wheel" and "etc/group" not in paths(t)

@@ -78,6 +78,19 @@ def test_100k_members_scan_and_merge(many: Path) -> None:
     assert per_node < 48, per_node  # 28 bytes of arrays and 4 for each of ~2.6 hash slots
 
 
+def test_one_path_written_over_and_over_merges_in_linear_time() -> None:
+    # A hostile tar can hold one path 50,000 times, or flip it between file and directory: each rewrite
+    # must take over the old node's slot, not lengthen a probe chain (that was minutes, quadratic).
+    n = 25_000
+    members = [F("etc/x", b"%d" % k) for k in range(n)]
+    members += [D("flip") if k % 2 else F("flip", b"f") for k in range(n)] + [F("flip/in", b"in")]
+    t0 = time.perf_counter()
+    tree = merge(members)
+    assert time.perf_counter() - t0 < 10  # ~0.3 s here; quadratic took minutes
+    assert b"".join(tree.read_all(tree.file("etc/x"))) == b"%d" % (n - 1)
+    assert tree.listdir("flip") == [b"in"] and len(tree) == 5  # root, etc, etc/x, flip, flip/in
+
+
 def test_100000_deep_path_is_cheap() -> None:
     deep = b"a/" * 100_000 + b"f"
     data = pax({b"path": deep}) + header(b"short") + pax({b"path": b"ok/file"}) + header(b"x") + END

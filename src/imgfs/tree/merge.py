@@ -65,13 +65,16 @@ class _Builder:
     def put(self, parent: int, name: bytes, name_ref: int, ref: int) -> int:
         """Set `name` in `parent` to `ref`: dir over dir keeps the children, anything else replaces."""
         t = self.t
-        old = t.child(parent, name)
-        if old is not None:
+        h = t.probe(parent, name)
+        old = t.slots[h]
+        if old >= 0:
             if self.kind(ref) == DIR and self.kind(t.refs[old]) == DIR:
                 t.refs[old] = ref
                 return old
+            # The new node takes the old one's slot: a name written over and over (a hostile tar can hold
+            # one path 100k times) would otherwise lengthen its probe chain each time, a quadratic merge.
             self.remove(old)
-        return t.add(parent, name, name_ref, ref)
+        return t.add(parent, name, name_ref, ref, h)
 
     def implied_dir(self, parent: int, name: bytes) -> int:
         t = self.t
@@ -160,8 +163,8 @@ class _Builder:
                     hidden = t.child(real, b[4:]) if real is not None else None
                     if hidden is not None:
                         self.remove(hidden)
-        # Hard links whose target comes later in the tar, by member name -> (member, parent node, name).
-        deferred: dict[bytes, tuple[int, int, bytes]] = {}
+        # Hard links whose target comes later in the tar, by member name -> (member, parent's real path, name).
+        deferred: dict[bytes, tuple[int, bytes, bytes]] = {}
         parents, refs, first, nxt = t.parents, t.refs, t.first, t.nxt
         blob, bounds = names.blob, names.bounds
         # Names.dirs position -> its directory node, once reached without following a link; a directory
@@ -197,7 +200,7 @@ class _Builder:
                 found[did] = p if literal else -1
             if k == HARDLINK:
                 if not self.link(p, b, ref, idx.links.get(i, b"")):
-                    deferred[names[i]] = (i, p, b)
+                    deferred[names[i]] = (i, t.path(p), b)  # the path: p may be replaced meanwhile
                 continue
             # Tree.add inlined: this loop runs once a member, and the calls cost a third of a merge.
             slots = t.slots
@@ -228,12 +231,13 @@ class _Builder:
                 if own is not None:
                     found[own] = n
         t.live += added
-        for i, p, b in deferred.values():
-            if not self.link(p, b, base | i, idx.links.get(i, b"")):
+        for i, where, b in deferred.values():
+            p = t.find(where)
+            if not self.is_dir(p) or not self.link(p, b, base | i, idx.links.get(i, b"")):
                 self.warnings.append(_missing_link(li, names[i], idx.links.get(i, b"")))
 
     @staticmethod
-    def overrule(deferred: dict[bytes, tuple[int, int, bytes]], name: bytes, kind: int) -> None:
+    def overrule(deferred: dict[bytes, tuple[int, bytes, bytes]], name: bytes, kind: int) -> None:
         """Drop pending hard links that a later entry of the layer overrules (rule 16, sequential order).
 
         The same path, or anything below it, overrules the link; an entry above it does only when it is
