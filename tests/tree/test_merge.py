@@ -314,6 +314,17 @@ def test_deferred_hardlink_finds_its_parent_recreated_in_the_same_layer() -> Non
     assert t.entry("b/c").ino == t.entry("t").ino and t.entry("t").nlink == 2
 
 
+def test_a_link_still_waiting_replaces_nothing() -> None:
+    # a/a waits for b; `a -> a` then finds a directory (a/a's parent, implied), so it waits too, and a link
+    # that is not placed cannot replace a/a. At the end a/a gets b; `a -> a` never finds a file.
+    t = merge([F("a", b"A"), H("a/a", "b"), F("b", b"B"), H("a", "a")])
+    assert content(t, "a/a") == b"B" and t.entry("b").nlink == 2 and t.entry("a").kind == "dir"
+    assert [w for w in t.warnings if "hard link /a -> a" in w]
+    # Placed, the same link does replace what waits below it: here `a -> t` finds t at once.
+    t = merge([F("t", b"T"), H("a/a", "b"), H("a", "t"), F("b", b"B")])
+    assert content(t, "a") == b"T" and t.lookup("a/a") is None and t.warnings == []
+
+
 def test_hardlink_target_removed_later_keeps_the_link() -> None:
     t = merge(BASE, [H("keep", "etc/group")], [WH("etc/group")])
     assert content(t, "keep") == b"wheel" and "etc/group" not in paths(t)

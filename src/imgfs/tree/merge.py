@@ -177,8 +177,8 @@ class _Builder:
                 continue
             k = kinds[i]
             ref = base | i
-            if deferred:
-                self.overrule(deferred, names[i], k)
+            if deferred:  # a link still waiting for its own target replaces nothing yet: as a directory would
+                self.overrule(deferred, names[i], DIR if k == HARDLINK else k)
             b = blob[bounds[i]:bounds[i + 1]]
             if not b:  # the root itself
                 if k == DIR:
@@ -201,6 +201,8 @@ class _Builder:
             if k == HARDLINK:
                 if not self.link(p, b, ref, idx.links.get(i, b"")):
                     deferred[names[i]] = (i, t.path(p), b)  # the path: p may be replaced meanwhile
+                elif deferred:
+                    self.overrule(deferred, names[i], k)  # placed: it wins over links waiting below it
                 continue
             # Tree.add inlined: this loop runs once a member, and the calls cost a third of a merge.
             slots = t.slots
