@@ -88,3 +88,28 @@ def test_node_table_grows_and_forgets_removed_nodes() -> None:
     t.finish()
     assert [t.name(c) for c in t.kids(dirs[7])][:3] == [b"f000", b"f001", b"f002"]
     assert len(list(t.kids(dirs[7]))) == 99 and t.path(files[(dirs[9], b"f005")]) == b"d9/f005"
+
+
+def test_first_listings_from_many_threads_agree_and_are_sorted() -> None:
+    # Children are put in name order on a directory's first listing, under a lock: threads listing the
+    # same directories at once must each see every child, in order.
+    import threading
+
+    names = [f"d{k % 4}/f{k:05d}" for k in reversed(range(4000))]  # tar order: reversed
+    t = merge([F(n, b"") for n in names])
+    want = {d: sorted(n.rpartition("/")[2].encode() for n in names if n.startswith(d + "/")) for d in
+            ("d0", "d1", "d2", "d3")}
+    got: list[dict] = []
+    start = threading.Barrier(8)
+
+    def lister() -> None:
+        start.wait()
+        got.append({d: t.listdir(d) for d in ("d3", "d1", "d0", "d2")})
+
+    threads = [threading.Thread(target=lister) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(got) == 8 and all(g == want for g in got)
+    assert [p for p, _ in t.walk("d2")][:3] == [b"d2", b"d2/f00002", b"d2/f00006"]
