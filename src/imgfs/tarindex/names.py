@@ -14,7 +14,7 @@ class Names(Sequence[bytes]):
     for 348k members that was 48 MB; here the same names take about 9.
     """
 
-    __slots__ = ("dirs", "dir_of", "bounds", "_blob", "_tail", "_dir_ids", "_end")
+    __slots__ = ("dirs", "dir_of", "bounds", "_blob", "_tail", "_dir_ids")
 
     def __init__(self) -> None:
         self.dirs: list[bytes] = []  # distinct parent paths (b"" for names at the top)
@@ -23,7 +23,6 @@ class Names(Sequence[bytes]):
         self._blob = b""
         self._tail = bytearray()  # appended, not yet in _blob (so that reads slice bytes, not a bytearray)
         self._dir_ids: dict[bytes, int] | None = {}
-        self._end = 0  # bounds[-1]
 
     @classmethod
     def of(cls, dirs: list[bytes], dir_of: array, bounds: array, blob: bytes) -> Names:
@@ -33,7 +32,6 @@ class Names(Sequence[bytes]):
                 dir_of and not 0 <= min(dir_of) <= max(dir_of) < len(dirs)):
             raise ValueError("inconsistent names")
         self.dirs, self.dir_of, self.bounds, self._blob, self._dir_ids = dirs, dir_of, bounds, blob, None
-        self._end = len(blob)
         return self
 
     def append(self, name: bytes) -> None:
@@ -47,7 +45,7 @@ class Names(Sequence[bytes]):
             k = ids[d] = len(self.dirs)
             self.dirs.append(d)
         self._tail += b
-        end = self._end = self._end + len(b)
+        end = self.bounds[-1] + len(b)
         if end > 0xFFFFFFFF and self.bounds.typecode == "I":
             self.bounds = array("q", self.bounds)
         self.dir_of.append(k)
@@ -57,7 +55,7 @@ class Names(Sequence[bytes]):
         """Take the last components a scan appended itself (to a Names that had none) as the blob."""
         if self._blob or self._tail:
             raise ValueError("adopt() is for a Names filled by a scan")
-        self._blob, self._end, self._dir_ids = bytes(text), len(text), None
+        self._blob, self._dir_ids = bytes(text), None
 
     @property
     def blob(self) -> bytes:

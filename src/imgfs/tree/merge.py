@@ -29,16 +29,12 @@ class _Builder:
         self.indexes = indexes
         self.follow = follow_links
         self.t = Tree(indexes, sources, size_hint)
+        self.kind = self.t.kind_code
         self.next_implied = -2
         self.hard_targets: set[int] = set()
         self.link_refs: dict[int, int] = {}  # hardlink member ref -> the ref it resolved to
         self.warnings: list[str] = []
         self.literal = True  # whether the last dir_node() followed no symlink
-
-    def kind(self, ref: int) -> int:
-        if ref < 0:
-            return DIR
-        return self.indexes[ref >> SHIFT].kinds[ref & MASK]  # type: ignore[union-attr]
 
     def is_dir(self, n: int | None) -> bool:
         return n is not None and self.kind(self.t.refs[n]) == DIR
@@ -55,7 +51,6 @@ class _Builder:
             x = stack.pop()
             stack.extend(t.kids(x))
             parents[x] = -2
-            t.live -= 1
 
     def clear_dir(self, n: int) -> None:
         """Remove every child of directory node n, keeping the directory."""
@@ -171,7 +166,6 @@ class _Builder:
         # member fills in its own position, so each directory is resolved from the root at most once.
         found: list[int] = [-1] * len(dirs)
         dir_ids = {d: k for k, d in enumerate(dirs)}
-        added = 0
         for i in range(len(names)):
             if markers and i in markers:
                 continue
@@ -222,7 +216,6 @@ class _Builder:
                 first[p] = n
                 t.count = n + 1
                 slots[h] = n
-                added += 1
                 if n + n > len(slots):
                     t._rehash(4 * len(slots))
             else:
@@ -232,7 +225,6 @@ class _Builder:
                 own = dir_ids.get(d + b"/" + b if d else b)
                 if own is not None:
                     found[own] = n
-        t.live += added
         for i, where, b in deferred.values():
             p = t.find(where)
             if not self.is_dir(p) or not self.link(p, b, base | i, idx.links.get(i, b"")):
@@ -267,7 +259,7 @@ class _Builder:
     def link(self, parent: int, name: bytes, ref: int, target: bytes) -> bool:
         """Point `name` in `parent` at the content of `target` as it is now (rule 21); False if not there."""
         tkey = normalize(target)
-        if tkey is None or self.t.parents[parent] == -2 and parent:
+        if tkey is None:
             return False
         d, _, b = tkey.rpartition(b"/")
         tparent = self.dir_node(d, create=False) if d else 0

@@ -94,7 +94,6 @@ class Tree:
         while size < 2 * size_hint:
             size *= 2
         self.slots = array("i", [-1]) * size
-        self.live = 1
         self.nlinks: dict[int, int] = {}
         self.warnings: list[str] = []
         self.nodes = PathView(self)
@@ -104,7 +103,7 @@ class Tree:
         self.texts = [(x.names.blob, x.names.bounds) if x is not None else (b"", array("I")) for x in indexes]
 
     def __len__(self) -> int:
-        return self.live
+        return self.count - self.parents.count(-2)  # nodes made, less those removed
 
     # -- nodes ----------------------------------------------------------------------------
     def name(self, n: int) -> bytes:
@@ -162,7 +161,6 @@ class Tree:
             self.sorted.append(0)
             self.sorted[parent] = 0
         self.count = n + 1
-        self.live += 1
         slots = self.slots
         slots[slot] = n
         if 2 * n > len(slots):
