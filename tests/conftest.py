@@ -5,16 +5,56 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("IMGFS_SHARED", REPO.parent / "shared"))
+
+
+def _find_shared() -> Path:
+    """$IMGFS_SHARED, else shared/ beside this checkout, else beside the checkout it was cloned from."""
+    if os.environ.get("IMGFS_SHARED"):
+        return Path(os.environ["IMGFS_SHARED"])
+    here = REPO.parent / "shared"
+    if (here / "fixtures").is_dir():
+        return here
+    try:  # a clone in a temporary folder: its origin is the checkout beside the fixtures
+        origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        origin = ""
+    if origin and (Path(origin).parent / "shared" / "fixtures").is_dir():
+        return Path(origin).resolve().parent / "shared"
+    return here
+
+
+SHARED = _find_shared()
 FIXTURES = SHARED / "fixtures"
 IMAGES = FIXTURES / "images"
 TRUTH = FIXTURES / "truth"
 IN_CI = bool(os.environ.get("CI"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to run without the fixtures: a run that silently left out most tests would look green."""
+    if not (SHARED / "fixtures" / "truth" / "INDEX.json").is_file():
+        raise pytest.UsageError(f"the image fixtures are missing: expected {SHARED / 'fixtures'} "
+                                "(set IMGFS_SHARED=DIR to the folder holding fixtures/)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """Under CI a skip is a failure: a test that cannot run for lack of FUSE, a registry or a package
+    must not pass unnoticed."""
+    outcome = yield
+    rep = outcome.get_result()
+    if IN_CI and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.longrepr = f"skipped under CI, which must run every test: {reason}"
+    return None
 
 
 def fuzz_examples(n: int) -> int:

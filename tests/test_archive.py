@@ -18,7 +18,7 @@ from conftest import IMAGES, TRUTH, archives, truth_index
 from imgfs import Archive, Image
 from imgfs.errors import SelectionError
 from imgfs.tarindex import meta_digest
-from tarindex.tarmaker import ArchiveBuilder, F, config_for, digest_of, tar_of
+from tarmaker import ArchiveBuilder, F, config_for, digest_of, tar_of
 from truthlib import diff, listing_from_tree, load_truth
 
 ARCHIVES = archives()
@@ -352,7 +352,7 @@ def test_index_cache_is_not_poisoned_by_a_lying_archive(tmp_path: Path) -> None:
 
 def test_zstd_spool_cache_is_not_poisoned_by_a_lying_archive(tmp_path: Path) -> None:
 
-    from tarindex.tarmaker import ArchiveBuilder, F, config_for, tar_of
+    from tarmaker import ArchiveBuilder, F, config_for, tar_of
 
     good = tar_of([F("a", b"1"), F("b", b"2")])
     blobs = {"good": zstandard.ZstdCompressor().compress(good),

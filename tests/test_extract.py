@@ -13,7 +13,7 @@ from cli.clihelp import docker_archive, run
 from imgfs import open_archive
 from imgfs.extract import extract, safe_parts
 from imgfs.tree import Tree
-from tarindex.tarmaker import BytesSource, D, F, H, S, index_of, tar_of
+from tarmaker import BytesSource, D, F, H, S, index_of, tar_of
 
 
 def snapshot(root: Path, skip: Path) -> dict[str, tuple]:

@@ -228,7 +228,7 @@ class Image:
             raise FormatError(f"layer {layer.number} ({layer.member}) cannot be read: {e}") from None
 
         def link_refs() -> dict[int, int]:
-            # Hard links into lower layers resolve as the merged build resolved them (rule 21).
+            # Hard links into lower layers resolve as the merged build resolved them (LAYER-RULES rule 21).
             merged = self.merged()
             indexes[:] = merged.indexes
             sources[:] = merged.sources

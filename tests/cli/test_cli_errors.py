@@ -10,7 +10,7 @@ import pytest
 from cli.clihelp import assert_one_line_error, docker_archive, run
 from conftest import IMAGES
 from imgfs.cli import commands
-from tarindex.tarmaker import D, F, tar_of
+from tarmaker import D, F, tar_of
 
 SEED = IMAGES / "seed.docker-oci.tar"
 

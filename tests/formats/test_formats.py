@@ -12,7 +12,7 @@ import zstandard
 
 import imgfs
 from imgfs.errors import FormatError, ImgfsError, SelectionError
-from tarindex.tarmaker import ArchiveBuilder, D, F, config_for, digest_of, tar_of
+from tarmaker import ArchiveBuilder, D, F, config_for, digest_of, tar_of
 
 L1 = tar_of([D("etc"), F("etc/one", b"1")])
 L2 = tar_of([F("etc/two", b"2")])

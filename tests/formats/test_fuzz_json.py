@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import imgfs
 from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.errors import ImgfsError
-from tarindex.tarmaker import OPQ, WH, ArchiveBuilder, D, F, H, S, digest_of, tar_of
+from tarmaker import OPQ, WH, ArchiveBuilder, D, F, H, S, digest_of, tar_of
 
 L1 = tar_of([D("etc"), F("etc/one", b"1"), S("etc/l", "one"), D("gone"), F("gone/x", b"x")])
 L2 = tar_of([WH("gone"), OPQ("etc"), F("etc/two", b"2"), H("etc/h", "etc/two")])

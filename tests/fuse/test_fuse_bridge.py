@@ -13,7 +13,7 @@ import pytest
 import fuse
 from conftest import IMAGES
 from imgfs.fuse import bridge
-from tarindex.tarmaker import END, ArchiveBuilder, config_for, member
+from tarmaker import END, ArchiveBuilder, config_for, member
 
 
 def test_dirents_are_packed_as_libfuse_packs_them() -> None:

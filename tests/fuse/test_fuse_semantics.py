@@ -16,7 +16,7 @@ import pytest
 
 import imgfs
 from conftest import IMAGES
-from tarindex.tarmaker import END, ArchiveBuilder, config_for, member, pax
+from tarmaker import END, ArchiveBuilder, config_for, member, pax
 from truthlib import load_truth
 
 SEED = IMAGES / "seed.docker-oci.tar"

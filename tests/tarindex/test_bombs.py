@@ -12,7 +12,7 @@ from imgfs.errors import ImgfsError
 from imgfs.tarindex import open_maybe_compressed
 from imgfs.tarindex.compressed import open_stream
 from imgfs.tarindex.store import Store
-from tarindex.tarmaker import BytesSource
+from tarmaker import BytesSource
 
 ZEROS = bytes(64 << 20)  # 64 MiB of zeros: ~64 KiB as gzip, ~2 KiB as zstd
 

@@ -11,7 +11,7 @@ from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.errors import ImgfsError
 from imgfs.tarindex import meta_digest, scan
 from imgfs.tree import layer_tree, merged_tree
-from tarindex.tarmaker import END, BytesSource, D, F, H, header, member, pax, tar_of
+from tarmaker import END, BytesSource, D, F, H, header, member, pax, tar_of
 
 
 def _seeds() -> list[bytes]:

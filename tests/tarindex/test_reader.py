@@ -12,7 +12,7 @@ import pytest
 from imgfs.errors import FormatError, ImgfsError
 from imgfs.tarindex import FileSource, MemberIndex, scan
 from imgfs.tarindex.store import dump_index, load_index
-from tarindex.tarmaker import (
+from tarmaker import (
     END,
     BytesSource,
     F,

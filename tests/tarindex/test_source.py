@@ -19,7 +19,7 @@ from imgfs.errors import FormatError, ImgfsError, TruncatedError
 from imgfs.tarindex import FileSource, SliceSource, Source, open_maybe_compressed, scan
 from imgfs.tarindex.compressed import open_stream
 from imgfs.tarindex.store import Store
-from tarindex.tarmaker import BytesSource, F, index_of, tar_of
+from tarmaker import BytesSource, F, index_of, tar_of
 
 PAYLOAD = random.Random(5).randbytes(300_000) + b"text " * 50_000  # incompressible part, then compressible
 

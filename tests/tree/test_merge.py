@@ -1,4 +1,4 @@
-"""The merged view on synthetic layer stacks: one test or more per rule 8-22 of layer-rules.md."""
+"""The merged view on synthetic layer stacks: one test or more per rule 8-22 of docs/LAYER-RULES.md."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from imgfs.tree import Tree, layer_tree, merged_tree
-from tarindex.tarmaker import OPQ, WH, BytesSource, D, F, H, Member, S, index_of, merge, tar_of
+from tarmaker import OPQ, WH, BytesSource, D, F, H, Member, S, index_of, merge, tar_of
 
 
 def paths(tree: Tree) -> set[str]:

@@ -1,6 +1,6 @@
 """Model-based test of the merger: random layer stacks applied by imgfs and by a small reference, entry by entry.
 
-The reference is a dict path -> record, changed in tar order with the rules of layer-rules.md: whiteouts and
+The reference is a dict path -> record, changed in tar order with the rules of docs/LAYER-RULES.md: whiteouts and
 opaque markers first, against the lower layers only (rules 8-10); markers never shown (12); dir over dir keeps
 the children (14); anything else replaces the subtree (14); missing or non-directory parents become implied
 0755 root directories (15); later entries win (16); '.' only sets the root's attributes (18); a hard link
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.tree import Tree, merged_tree
-from tarindex.tarmaker import OPQ, WH, BytesSource, D, F, H, Member, S, index_of, tar_of
+from tarmaker import OPQ, WH, BytesSource, D, F, H, Member, S, index_of, tar_of
 
 PARENTS = ["a", "b"]  # the only names used as directories on the way to an entry
 LEAVES = ["a", "b", "c"]  # 'c' is never a parent: symlinks live there

@@ -13,7 +13,7 @@ import pytest
 
 from imgfs.tarindex import FileSource, MemberIndex, scan
 from imgfs.tree import Tree, merged_tree
-from tarindex.tarmaker import END, D, F, S, header, index_of, merge, pax
+from tarmaker import END, D, F, S, header, index_of, merge, pax
 
 N = 100_000  # a million is the real-world worst case, too slow for CI: this is the same code at a tenth
 TESTS = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ _SYMLINK_BLOWUP = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
 sys.path.insert(0, sys.argv[1])
-from tarindex.tarmaker import D, F, S, merge
+from tarmaker import D, F, S, merge
 if sys.argv[2] == "long-target":
     lower = [S("lib", "a/" * 100_000)]
 else:  # every target short (< PATH_MAX), but 39 hops add up to about 74,000 components

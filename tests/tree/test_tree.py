@@ -9,7 +9,7 @@ import pytest
 
 from imgfs.errors import ImgfsError, NotFoundError
 from imgfs.tree import Tree
-from tarindex.tarmaker import D, F, S, merge
+from tarmaker import D, F, S, merge
 
 CONTENT = random.Random(3).randbytes(5000)
 NEIGHBOUR = b"secret of another file " * 50

@@ -217,7 +217,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                     long_name = read_meta(data_off, size_v, "GNU long name").rstrip(b"\0")
                 elif t == 0x4B:  # 'K': GNU long link name
                     long_link = read_meta(data_off, size_v, "GNU long link").rstrip(b"\0")
-                # 'g' (global PAX header) is ignored (rule 19)
+                # 'g' (global PAX header) is ignored (LAYER-RULES rule 19)
                 off = data_off + _skip(size_v)
                 continue
             try:
@@ -375,7 +375,7 @@ def _clamp(v: int) -> int:
 
 def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None, size_v: int, uid_v: int,
                gid_v: int, mtime_v: int, sparse: bool) -> tuple:
-    """Let PAX records override the header's fields (rule 19) and collect xattrs (rule 20)."""
+    """Let PAX records override the header's fields (LAYER-RULES rule 19) and collect xattrs (rule 20)."""
     frac = 0.0
     xattrs: dict[str, bytes] | None = None
     if b"path" in p:

@@ -232,7 +232,7 @@ class _Builder:
 
     @staticmethod
     def overrule(deferred: dict[bytes, tuple[int, bytes, bytes]], name: bytes, kind: int) -> None:
-        """Drop pending hard links that a later entry of the layer overrules (rule 16, sequential order).
+        """Drop pending hard links that a later entry of the layer overrules (LAYER-RULES rule 16: tar order).
 
         The same path, or anything below it, overrules the link; an entry above it does only when it is
         not a directory (a directory restated over a directory replaces nothing).
@@ -244,7 +244,7 @@ class _Builder:
                 del deferred[pending]
 
     def opaque(self, d: bytes) -> None:
-        """Hide everything lower layers put in directory `d`; a symlink at `d` is not followed (rule 13)."""
+        """Hide everything lower layers put in directory `d`; a symlink at `d` is not followed (LAYER-RULES rule 13)."""
         pd, _, pb = d.rpartition(b"/")
         if not d:
             self.clear_dir(0)
@@ -257,7 +257,7 @@ class _Builder:
             self.clear_dir(real)
 
     def link(self, parent: int, name: bytes, ref: int, target: bytes) -> bool:
-        """Point `name` in `parent` at the content of `target` as it is now (rule 21); False if not there."""
+        """Point `name` in `parent` at the content of `target` as it is now (LAYER-RULES rule 21), or False."""
         tkey = normalize(target)
         if tkey is None:
             return False
