@@ -12,11 +12,9 @@ from typing import Any
 from . import formats
 from .errors import FormatError, ImgfsError, SelectionError
 from .formats import ImageDesc, LayerDesc
-from .formats.model import MAX_JSON
-from .tarindex import FileSource, MemberIndex, Source, meta_digest, scan
+from .stores import BlobStore, open_store
+from .tarindex import MemberIndex, Source, meta_digest, scan
 from .tarindex.compressed import GzipSource, open_stream
-from .tarindex.reader import HARDLINK, SYMLINK, normalize
-from .tarindex.source import SliceSource
 from .tarindex.store import DEFAULT_MAX_BYTES, StaleIndex, Store, dump_index, load_index, looks_right
 from .tree import Tree, layer_tree, merged_tree
 
@@ -24,52 +22,6 @@ Progress = Callable[[str, int, int], None]
 # Indexes kept under a layer's diff_id live apart from those kept under where a blob sits ("idx"): a
 # diff_id is whatever an archive's config says, and must never name another blob's own cache file.
 SHARED = "shared"
-
-
-class _OuterReader:
-    """Members of the outer tar by path, following the archive's own symlinks and hard links."""
-
-    def __init__(self, src: Source, index: MemberIndex) -> None:
-        self.src = src
-        self.index = index
-        self.by_name = {name: i for i, name in enumerate(index.names)}
-
-    def member(self, path: str) -> int | None:
-        key: bytes | None = normalize(path.encode("utf-8", "surrogateescape"))
-        for _ in range(40):
-            if key is None:
-                return None
-            i = self.by_name.get(key)
-            if i is None:
-                return None
-            k = self.index.kinds[i]
-            if k == SYMLINK:  # legacy docker save: <id>/layer.tar -> ../<id2>/layer.tar
-                target = self.index.links.get(i, b"")
-                base = b"" if target.startswith(b"/") else key.rpartition(b"/")[0]
-                key = normalize(base + b"/" + target if base else target)
-            elif k == HARDLINK:
-                key = normalize(self.index.links.get(i, b""))
-            else:
-                return i
-        return None
-
-    def exists(self, path: str) -> bool:
-        return self.member(path) is not None
-
-    def slice(self, path: str) -> SliceSource:
-        i = self.member(path)
-        if i is None:
-            raise FormatError(f"{path} is missing from the archive")
-        reason = self.index.broken.get(i)
-        if reason:
-            raise FormatError(f"{path}: {reason}")
-        return SliceSource(self.src, self.index.offsets[i], self.index.sizes[i])
-
-    def read(self, path: str) -> bytes:
-        s = self.slice(path)
-        if s.size > MAX_JSON:  # only JSON documents are read whole: refuse before reading, not after
-            raise FormatError(f"{path} is {s.size} bytes, larger than any manifest or config ({MAX_JSON})")
-        return s.pread(0, s.size)
 
 
 class Layer:
@@ -111,9 +63,9 @@ class Layer:
 
     @property
     def blob_size(self) -> int | None:
-        """Size of the blob as stored in the archive, or None if it is missing."""
+        """Size of the blob as stored, or None if it is missing."""
         try:
-            return self.image.archive.reader.slice(self.member).size
+            return self.image.archive.blobs.open(self.member).size
         except ImgfsError:
             return None
 
@@ -275,38 +227,34 @@ class Image:
 
 
 class Archive:
-    """A saved image archive (docker save, podman save, OCI archive; optionally gzipped whole)."""
+    """Images in one place: a saved image archive (docker save, podman save, OCI archive; optionally gzipped
+    whole), or whatever other store of blobs `open_store` knows."""
 
-    def __init__(self, path: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
+    def __init__(self, path: str | os.PathLike[str] | BlobStore, *, cache_dir: str | os.PathLike[str] | None = None,
                  use_cache: bool = True, cache_max_bytes: int = DEFAULT_MAX_BYTES,
                  warn: Callable[[str], None] | None = None, progress: Progress | None = None) -> None:
-        self.path = os.fspath(path)
         self._warned: set[str] = set()
         self._warn = warn
         self.progress = progress
         self.store = Store(cache_dir, cache_max_bytes, self.warn) if use_cache else None
-        if os.path.isdir(self.path):
-            raise FormatError("is a directory, not an image archive (give the .tar file)")
-        self.file = FileSource(self.path)
-        if self.file.size == 0:
-            raise FormatError("is empty, not an image archive")
-        dev, ino, size, mtime_ns = self.file.identity
-        # Seek points of a whole-archive gzip depend on this very file: key them by its identity.
-        self.identity = f"file:{os.path.abspath(self.path)}:{dev}:{ino}:{size}:{mtime_ns}"
-        self.outer, self.outer_compression = open_stream(self.file, self.store, self.identity,
-                                                         self._scan_progress("decompressing archive"))
-        self.index = scan(self.outer, self._scan_progress("reading archive"))
-        self.reader = _OuterReader(self.outer, self.index)
+        if isinstance(path, (str, os.PathLike)):
+            self.blobs: BlobStore = open_store(os.fspath(path), cache=self.store, progress=progress)
+        else:
+            self.blobs = path
+        self.path = self.blobs.name
         try:
-            self.kind, descs = formats.describe(self.reader)
-        except FormatError:
-            if self.index.error:  # the real cause is the damage, not what it left out
-                raise FormatError(f"damaged or truncated archive: {self.index.error}") from None
+            try:
+                self.kind, descs = formats.describe(self.blobs)
+            except FormatError:
+                if self.blobs.damage:  # the real cause is the damage, not what it left out
+                    raise FormatError(f"damaged or truncated archive: {self.blobs.damage}") from None
+                raise
+        except BaseException:
+            self.blobs.close()
             raise
-        if self.index.error:
-            self.warn(f"damaged or truncated archive: {self.index.error}")
-        if self.outer_compression:
-            self.kind += "+" + self.outer_compression
+        if self.blobs.damage:
+            self.warn(f"damaged or truncated archive: {self.blobs.damage}")
+        self.kind += self.blobs.kind_suffix
         self.images = [Image(self, d) for d in descs]
         self._lock = threading.Lock()
         self._blobs: dict[str, tuple[Source, str | None]] = {}
@@ -331,8 +279,8 @@ class Archive:
         return lambda done, total: cb(what, done, total)
 
     def origin(self, member: str) -> str:
-        """Where a blob sits: this very archive file (path, device, inode, size, mtime) and its offset."""
-        return f"{self.identity}@{self.reader.slice(member).base}"
+        """Where a blob sits, as its store names it for the cache (an archive file's identity and offset)."""
+        return self.blobs.origin(member)
 
     def blob(self, member: str) -> tuple[Source, str | None]:
         """The uncompressed bytes of a blob (random access) and the compression it had."""
@@ -341,7 +289,7 @@ class Archive:
             if hit is None:
                 # Seek points and zstd copies are keyed by where the blob sits, not by the digest the
                 # manifest claims: an archive that lies about a digest must not change what another shows.
-                hit = open_stream(self.reader.slice(member), self.store, self.origin(member),
+                hit = open_stream(self.blobs.open(member), self.store, self.origin(member),
                                   self._scan_progress(f"decompressing {member}"))
                 self._blobs[member] = hit
             return hit
@@ -442,8 +390,11 @@ class Archive:
         return None, None
 
     def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
-        """Images matching --image/--platform (host platform preferred among variants)."""
-        chosen = formats.select_images([i.desc for i in self.images], ref, platform)
+        """Images matching a ref and a platform (host platform preferred among variants).
+
+        Without a ref, the image the store's name picked (`oci:DIR:tag`), if it picked one.
+        """
+        chosen = formats.select_images([i.desc for i in self.images], ref or self.blobs.ref, platform)
         ids = {id(d) for d in chosen}
         return [i for i in self.images if id(i.desc) in ids]
 
@@ -464,10 +415,7 @@ class Archive:
             close = getattr(src, "close", None)
             if close:
                 close()
-        close = getattr(self.outer, "close", None)
-        if close and self.outer is not self.file:
-            close()
-        self.file.close()
+        self.blobs.close()
 
     def __enter__(self) -> Archive:
         return self
@@ -476,8 +424,8 @@ class Archive:
         self.close()
 
 
-def open_archive(path: str | os.PathLike[str], **kwargs: Any) -> Archive:
-    """Open an image archive; errors name the archive.
+def open_archive(path: str | os.PathLike[str] | BlobStore, **kwargs: Any) -> Archive:
+    """Open an image archive, or any place `open_store` knows, by path or reference; errors name it.
 
     Keywords: cache_dir (default $XDG_CACHE_HOME/imgfs), use_cache, cache_max_bytes, warn(message),
     progress(what, done, total).
@@ -485,5 +433,5 @@ def open_archive(path: str | os.PathLike[str], **kwargs: Any) -> Archive:
     try:
         return Archive(path, **kwargs)
     except ImgfsError as e:
-        where = os.fspath(path)
+        where = path.name if not isinstance(path, (str, os.PathLike)) else os.fspath(path)
         raise type(e)(str(e) if str(e).startswith(where + ":") else f"{where}: {e}") from None

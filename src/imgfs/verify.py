@@ -85,6 +85,6 @@ def verify_image(image: Image, progress: Callable[[str, int, int], None] | None 
             continue
         if compressed and layer.digest:
             checks.append(_check(f"{tag} blob ({compressed})", layer.digest,
-                                 lambda la=layer: archive.reader.slice(la.member), prog(f"{tag} blob")))
+                                 lambda la=layer: archive.blobs.open(la.member), prog(f"{tag} blob")))
         checks.append(_check(f"{tag} diff_id", layer.diff_id, layer.source, prog(f"{tag} diff_id")))
     return checks

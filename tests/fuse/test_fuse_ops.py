@@ -124,7 +124,7 @@ def test_unreadable_layer_is_eio_logged_once(tmp_path: Path, caplog: pytest.LogC
     broken = tmp_path / "seed.tar"
     data = (IMAGES / "seed.skopeo-oci-gzip.tar").read_bytes()
     with imgfs.open_archive(IMAGES / "seed.skopeo-oci-gzip.tar", use_cache=False) as a:
-        blob = a.reader.slice(a.image().layers[-1].member)
+        blob = a.blobs.open(a.image().layers[-1].member)
         start = blob.base
     # Garble the top layer's gzip stream: its tree cannot be built, everything else stays readable.
     broken.write_bytes(data[:start + 20] + bytes(200) + data[start + 220:])

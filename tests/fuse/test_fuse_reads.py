@@ -51,7 +51,7 @@ def _layer_files(archive: Path) -> list[tuple[int, int, str, dict[str, str]]]:
     with imgfs.open_archive(archive, use_cache=False) as a:
         img = a.image()
         for la in img.layers:
-            blob = a.reader.slice(la.member)
+            blob = a.blobs.open(la.member)
             tree = img.layer_tree(la.position)
             files = {k.decode(): hashlib.sha256(b"".join(tree.read_all(r))).hexdigest()
                      for k, r in tree.walk() if tree.entry_for(k, r).kind == "file" and tree.entry_for(k, r).size}

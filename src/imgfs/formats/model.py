@@ -6,8 +6,9 @@ import json
 from typing import Any, Protocol
 
 from ..errors import FormatError
+from ..stores.base import MAX_JSON
 
-MAX_JSON = 64 << 20  # a manifest or config larger than this is refused
+__all__ = ["MAX_JSON"]  # formats speak of it; the stores enforce it
 
 
 class MemberReader(Protocol):

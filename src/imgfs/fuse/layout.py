@@ -88,7 +88,7 @@ def manifest_bytes(archive: Archive, image: Image) -> bytes:
         return image.desc.manifest_bytes
     entry = None
     try:
-        doc = json.loads(archive.reader.read("manifest.json"))
+        doc = json.loads(archive.blobs.read("manifest.json"))
         for e in doc if isinstance(doc, list) else []:
             cfg = e.get("Config") if isinstance(e, dict) else None
             if isinstance(cfg, str) and _clean(cfg) == image.desc.config_member \

@@ -1,0 +1,69 @@
+"""Where an image's blobs come from: one store per kind of place, each behind the same small protocol.
+
+A store answers by path in the namespace the format parsers know (`manifest.json`, `index.json`,
+`blobs/sha256/<hex>`, `<id>/layer.tar`): an image tarball by its members, a directory by its files, a
+registry by the digests it serves. `open_store` picks the store from what the user named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..errors import FormatError
+from .base import BlobStore
+
+__all__ = ["BlobStore", "open_store", "split_transport"]
+
+
+def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
+    from .tarball import TarballStore  # here: only the store that is used is imported
+
+    return TarballStore(path, ref=ref, cache=options.get("cache"), progress=options.get("progress"))  # type: ignore[arg-type]
+
+
+# Transport prefix (skopeo's syntax) -> opener. A plain path has no prefix and goes to the probes below.
+# Each opener takes (what the user wrote, the path or reference after the prefix, an image ref or None, options).
+Opener = Callable[[str, str, "str | None", "dict[str, object]"], BlobStore]
+TRANSPORTS: dict[str, Opener] = {
+    "docker-archive:": _tarball,
+    "oci-archive:": _tarball,
+}
+# Plain paths: (probe, opener), tried in order; the first probe that says yes opens the path.
+PROBES: list[tuple[Callable[[str], bool], Opener]] = [
+    (lambda p: not os.path.isdir(p), _tarball),
+]
+
+
+def split_transport(name: str) -> tuple[str | None, str, str | None]:
+    """(transport prefix or None, path or reference, image ref or None) of what the user named.
+
+    `oci-archive:PATH[:REF]` and `docker-archive:PATH[:REF]` take a trailing `:REF` only where PATH
+    itself does not exist, so a file name holding a colon still works.
+    """
+    for prefix in TRANSPORTS:
+        if name.startswith(prefix):
+            rest = name[len(prefix):]
+            if prefix.endswith("://"):
+                return prefix, rest, None
+            if not os.path.exists(rest) and ":" in rest:
+                path, _, ref = rest.rpartition(":")
+                return prefix, path, ref or None
+            return prefix, rest, None
+    return None, name, None
+
+
+def open_store(name: str, **options: object) -> BlobStore:
+    """Open the store for `name`: a transport reference (docker://..., oci:DIR, ...) or a plain path.
+
+    Options: cache (a tarindex Store or None), progress(done, total) for a first look at a big archive.
+    """
+    prefix, rest, ref = split_transport(name)
+    if prefix is not None:
+        return TRANSPORTS[prefix](name, rest, ref, options)
+    for probe, opener in PROBES:
+        if probe(rest):
+            return opener(name, rest, None, options)
+    if os.path.isdir(rest):
+        raise FormatError("is a directory, not an image archive or layout")
+    raise FormatError("is not an image archive")
