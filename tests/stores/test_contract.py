@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, truth_index
-from truthlib import diff, listing_from_tree, load_truth
 
 import imgfs
+from conftest import IMAGES, truth_index
 from imgfs.errors import FormatError, ImgfsError
+from truthlib import diff, listing_from_tree, load_truth
 
 
 class Kind:
