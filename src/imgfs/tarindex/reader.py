@@ -6,7 +6,7 @@ import base64
 import hashlib
 import struct
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from zlib import adler32
 
 from ..errors import FormatError, TruncatedError
@@ -355,6 +355,7 @@ def meta_digest(idx: MemberIndex, src: Source) -> str | None:
 
 _META_TYPES = frozenset(b"xXgLK")
 PATH_MAX = 4096  # Linux's limit; longer names cannot be real files and would cost memory per component
+MAX_LINK_HOPS = 40  # Linux's limit on symlinks followed in one path lookup (MAXSYMLINKS)
 
 
 def _bad_name(norm: bytes) -> str | None:
@@ -416,8 +417,3 @@ def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None,
         elif k.startswith(b"GNU.sparse."):
             sparse = True
     return full, link, size_v, uid_v, gid_v, mtime_v, frac, xattrs, sparse
-
-
-def iter_members(idx: MemberIndex) -> Iterator[int]:
-    """Yield member numbers in archive order."""
-    return iter(range(len(idx.kinds)))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..tarindex.reader import DIR, FILE, HARDLINK, PATH_MAX, SYMLINK, MemberIndex, normalize, show
+from ..tarindex.reader import DIR, FILE, HARDLINK, MAX_LINK_HOPS, PATH_MAX, SYMLINK, MemberIndex, normalize, show
 from ..tarindex.source import Source
-from .tree import MASK, MAX_LINK_HOPS, SHIFT, Tree
+from .refs import MASK, SHIFT
+from .tree import Tree
 
 WH = b".wh."
 OPAQUE = b".wh..wh..opq"
