@@ -17,6 +17,7 @@ from .tarindex import FileSource, MemberIndex, Source, meta_digest, scan
 from .tarindex.compressed import GzipSource, open_stream
 from .tarindex.reader import HARDLINK, SYMLINK, normalize
 from .tarindex.source import SliceSource
+from .tarindex.sparse import SparseSource
 from .tarindex.store import DEFAULT_MAX_BYTES, StaleIndex, Store, dump_index, load_index, looks_right
 from .tree import Tree, layer_tree, merged_tree
 from .tree.refs import check_layer_count
@@ -25,6 +26,7 @@ Progress = Callable[[str, int, int], None]
 # Indexes kept under a layer's diff_id live apart from those kept under where a blob sits ("idx"): a
 # diff_id is whatever an archive's config says, and must never name another blob's own cache file.
 SHARED = "shared"
+_SHOWN_SKIPPED = 10  # entries a scan left out that are named in warnings, per layer
 
 
 class _OuterReader:
@@ -57,12 +59,15 @@ class _OuterReader:
     def exists(self, path: str) -> bool:
         return self.member(path) is not None
 
-    def slice(self, path: str) -> SliceSource:
+    def slice(self, path: str) -> SliceSource | SparseSource:
         i = self.member(path)
         if i is None:
             raise FormatError(f"{path} is missing from the archive")
         offset, size = self.index.offsets[i], self.index.sizes[i]
-        if offset + size > self.src.size:
+        sparse = self.index.sparse.get(i)
+        if sparse is not None and i not in self.index.broken:
+            return SparseSource(self.src, sparse, size)
+        if offset + size > self.src.size and sparse is None:
             # Cut by the end of a truncated archive: what is there is served, so that a layer keeps its
             # complete members (its own scan marks the cut one broken and says so).
             size = self.src.size - offset
@@ -212,6 +217,12 @@ class Image:
                 self._indexes[position] = idx
             except ImgfsError as e:
                 self._unreadable[position] = f"layer {layer.number} ({layer.member}) cannot be read: {e}"
+            else:
+                for why in idx.skipped[:_SHOWN_SKIPPED]:
+                    self.archive.warn(f"layer {layer.number}: {why}; left out")
+                if len(idx.skipped) > _SHOWN_SKIPPED:
+                    self.archive.warn(f"layer {layer.number}: {len(idx.skipped) - _SHOWN_SKIPPED} more entries "
+                                      "left out")
         return self._unreadable.get(position)
 
     def layer_inputs(self, partial: bool | None = None) -> tuple[list[MemberIndex | None], list[Source | None]]:

@@ -354,7 +354,7 @@ class Tree:
             return None
         li, i = ref >> SHIFT, ref & MASK
         idx, src = self.indexes[li], self.sources[li]
-        if idx is None or i in idx.broken:
+        if idx is None or i in idx.broken or i in idx.sparse:
             return None
         base = idx.offsets[i]
         while isinstance(src, SliceSource):
@@ -465,16 +465,24 @@ class Tree:
             raise ValueError("negative read offset")
         if offset >= length or size <= 0:
             return b""
+        sparse = idx.sparse.get(i) if idx.sparse else None
+        if sparse is not None:  # its holes read as zeros
+            return sparse.read(src, offset, min(size, length - offset))
         return src.pread(idx.offsets[i] + offset, min(size, length - offset))
 
+    def data_extents(self, ref: int) -> list[tuple[int, int]] | None:
+        """(offset, length) of the parts of a sparse file that hold data (the rest are holes); None if not sparse."""
+        found = self.member(ref)
+        sparse = found[0].sparse.get(found[1]) if found is not None else None
+        return None if sparse is None else list(sparse.extents())
+
     def read_all(self, ref: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-        """A file's whole content, in chunks."""
-        size = self.entry_for(b"?", ref).size if ref >= 0 else 0
+        """A file's whole content, in chunks (a member that cannot be read raises, an empty one too)."""
         off = 0
-        while off < size:
+        while True:
             data = self.read(ref, off, chunk)
             if not data:
-                break
+                return
             yield data
             off += len(data)
 
