@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import tarmaker
 from cli.clihelp import docker_archive, run
 from imgfs import open_archive
 from imgfs.extract import extract, safe_parts
 from imgfs.tree import Tree
-from tarmaker import BytesSource, D, F, H, S, index_of, tar_of
+from tarmaker import END, BytesSource, D, F, H, S, base256, header, index_of, pax, tar_of
 
 
 def snapshot(root: Path, skip: Path) -> dict[str, tuple]:
@@ -244,3 +245,31 @@ def test_hostile_archive_merged_view_keeps_links_inside_root(capsysbinary, tmp_p
     assert (dest / "etc/evil").read_bytes() == b"pwned"
     assert os.readlink(dest / "lib") == "/etc"  # stored as written, never followed by extraction
     assert os.stat(dest / "hl-etc").st_ino == os.stat(dest / "etc/passwd").st_ino
+
+
+# -- numbers and names no system call takes --------------------------------------------------------
+def _unrepresentable_layer() -> bytes:
+    """Entries whose owner, link target or device number cannot be given to the kernel, between good ones."""
+    member = tarmaker.member
+    return (member(b"ok", b"fine\n")
+            + pax({b"uid": b"%d" % (1 << 40)}) + member(b"pax-uid", b"a")
+            + member(b"b256-gid", b"b", gid=base256(1 << 40, 8))
+            + pax({b"linkpath": b"a\0b"}) + header(b"nul-link", typeflag=b"2", linkname=b"a")
+            + header(b"dev-huge", typeflag=b"3", devmajor=base256(1 << 50, 8))
+            + header(b"dev-negative", typeflag=b"4", devmajor=base256(-1, 8))
+            + member(b"last", b"end\n") + END)
+
+
+def test_unrepresentable_entries_are_skipped_with_a_message_and_the_rest_extracted(capsysbinary, tmp_path):
+    archive = docker_archive(tmp_path / "odd.tar", [_unrepresentable_layer()])
+    dest = tmp_path / "dest"
+    res = run(capsysbinary, "extract", archive, "/", "-o", dest)
+    assert "Traceback" not in res.err and "internal error" not in res.err, res.err
+    assert (dest / "ok").read_bytes() == b"fine\n" and (dest / "last").read_bytes() == b"end\n"
+    for name in ("nul-link", "dev-huge", "dev-negative"):  # left out of the index, each with a warning
+        assert not os.path.lexists(dest / name) and name in res.err, name
+    if os.geteuid() == 0:  # owners are only set by root: there, ids past 32 bits skip the entry
+        assert res.rc == 1 and not (dest / "pax-uid").exists() and not (dest / "b256-gid").exists()
+        assert "pax-uid: owner 1099511627776:0" in res.err and "b256-gid: owner" in res.err
+    else:
+        assert res.rc == 0 and (dest / "pax-uid").read_bytes() == b"a"

@@ -17,11 +17,13 @@ from .tarindex import MemberIndex, Source, meta_digest, scan
 from .tarindex.compressed import GzipSource, open_stream
 from .tarindex.store import DEFAULT_MAX_BYTES, StaleIndex, Store, dump_index, load_index, looks_right
 from .tree import Tree, layer_tree, merged_tree
+from .tree.refs import check_layer_count
 
 Progress = Callable[[str, int, int], None]
 # Indexes kept under a layer's diff_id live apart from those kept under where a blob sits ("idx"): a
 # diff_id is whatever an archive's config says, and must never name another blob's own cache file.
 SHARED = "shared"
+_SHOWN_SKIPPED = 10  # entries a scan left out that are named in warnings, per layer
 
 
 class Layer:
@@ -110,6 +112,12 @@ class Image:
         self._merged: Tree | None = None
         self._link_refs: dict[int, int] = {}
         self._layer_trees: dict[int, Tree] = {}
+        # Every layer's index and bytes, filled as layers are read: one pair of lists shared by all the
+        # image's trees (a list a tree made memory grow with the square of the layer count).
+        self._indexes: list[MemberIndex | None] = [None] * len(self.layers)
+        self._sources: list[Source | None] = [None] * len(self.layers)
+        self._unreadable: dict[int, str] = {}  # layer position -> why it cannot be read
+        self.partial = False  # what merged() does by default when a layer cannot be read (see merged)
 
     @property
     def label(self) -> str:
@@ -141,26 +149,61 @@ class Image:
         """The image config document."""
         return self.desc.config
 
-    def layer_inputs(self) -> tuple[list[MemberIndex | None], list[Source | None]]:
-        """Each layer's member index and bytes, bottom first; None (and a warning) for an unreadable layer."""
-        indexes: list[MemberIndex | None] = []
-        sources: list[Source | None] = []
-        for layer in self.layers:
+    def _read_layer(self, position: int) -> str | None:
+        """Fill in one layer's index and bytes; why it cannot be read, if it cannot."""
+        if self._indexes[position] is not None:
+            return None
+        if position not in self._unreadable:
+            layer = self.layers[position]
             try:
-                indexes.append(layer.index())
-                sources.append(layer.source())
+                idx, src = layer.index(), layer.source()
+                self._sources[position] = src
+                self._indexes[position] = idx
             except ImgfsError as e:
-                self.archive.warn(f"layer {layer.number} ({layer.member}): {e}")
-                indexes.append(None)
-                sources.append(None)
-        return indexes, sources
+                self._unreadable[position] = f"layer {layer.number} ({layer.member}) cannot be read: {e}"
+            else:
+                for why in idx.skipped[:_SHOWN_SKIPPED]:
+                    self.archive.warn(f"layer {layer.number}: {why}; left out")
+                if len(idx.skipped) > _SHOWN_SKIPPED:
+                    self.archive.warn(f"layer {layer.number}: {len(idx.skipped) - _SHOWN_SKIPPED} more entries "
+                                      "left out")
+        return self._unreadable.get(position)
 
-    def merged(self) -> Tree:
-        """The root filesystem with every layer applied (built once; layer trees need not wait for it)."""
+    def layer_inputs(self, partial: bool | None = None) -> tuple[list[MemberIndex | None], list[Source | None]]:
+        """Each layer's member index and bytes, bottom first (lists shared with the image's trees).
+
+        A layer that cannot be read raises a FormatError naming it; with `partial` (default: the `partial`
+        attribute) it is None instead, and warned of. A truncated layer is not unreadable: its complete
+        members are there, the cut one reads as an I/O error, and a warning names it.
+        """
+        self._read_layers()
+        for why in self._unreadable.values():
+            if not (self.partial if partial is None else partial):
+                raise FormatError(f"{why}; without it the merged root would be a stale view")
+            self.archive.warn(f"partial view: {why}; the merged root lacks its changes")
+        return self._indexes, self._sources
+
+    def merged(self, partial: bool | None = None) -> Tree:
+        """The root filesystem with every layer applied (built once; layer trees need not wait for it).
+
+        If a layer cannot be read this raises a FormatError naming it, since the lower layers alone would
+        show what it deletes or replaces; with `partial` (default: the `partial` attribute) the view
+        without it is returned, with a warning.
+        """
+        self.layer_inputs(partial)
+        return self._merged_tree()
+
+    def _read_layers(self) -> None:
+        check_layer_count(len(self.layers))
+        for position in range(len(self.layers)):
+            self._read_layer(position)
+
+    def _merged_tree(self) -> Tree:
+        """The merged tree of every layer that can be read."""
         with self._merged_lock:
             if self._merged is None:
-                indexes, sources = self.layer_inputs()
-                self._merged, self._link_refs = merged_tree(indexes, sources)
+                self._read_layers()
+                self._merged, self._link_refs = merged_tree(self._indexes, self._sources)
                 for w in self._merged.warnings:
                     self.archive.warn(w)
             return self._merged
@@ -171,22 +214,18 @@ class Image:
             tree = self._layer_trees.get(position)
         if tree is not None:
             return tree
-        layer = self.layers[position]
-        try:
-            indexes: list[MemberIndex | None] = [None] * len(self.layers)
-            sources: list[Source | None] = [None] * len(self.layers)
-            indexes[position], sources[position] = layer.index(), layer.source()
-        except ImgfsError as e:
-            raise FormatError(f"layer {layer.number} ({layer.member}) cannot be read: {e}") from None
+        check_layer_count(len(self.layers))
+        why = self._read_layer(position)
+        if why is not None:
+            raise FormatError(why)
 
         def link_refs() -> dict[int, int]:
-            # Hard links into lower layers resolve as the merged build resolved them (LAYER-RULES rule 21).
-            merged = self.merged()
-            indexes[:] = merged.indexes
-            sources[:] = merged.sources
+            # Hard links into lower layers resolve as the merged build resolved them (LAYER-RULES rule 21);
+            # only lower layers matter for that, so an unreadable one elsewhere does not stop this layer.
+            self._merged_tree()
             return self._link_refs
 
-        tree = layer_tree(position, indexes, sources, link_refs)
+        tree = layer_tree(position, self._indexes, self._sources, link_refs)
         for w in tree.warnings:
             self.archive.warn(w)
         with self._lock:

@@ -20,6 +20,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_PATH = getattr(os, "O_PATH", 0)
 _SPECIAL = {"fifo": stat.S_IFIFO, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
+_ID_LIMIT = 0xFFFFFFFF  # owner ids are 32 bits, and chown takes this one as "leave unchanged"
+_CHUNK = 1 << 20
 
 
 class ExtractStats:
@@ -155,7 +157,8 @@ class _Extractor:
                 e = self.tree.entry_for(key, ref)
                 try:
                     self.one(safe_parts(key), e)
-                except (OSError, ImgfsError) as err:
+                # OverflowError, ValueError: a number or name no system call takes; that entry only is skipped
+                except (OSError, ImgfsError, OverflowError, ValueError) as err:
                     self.stats.errors.append(f"{e.display_path}: {_reason(err)}")
                     if e.kind == "dir":
                         skip = key + b"/"
@@ -172,6 +175,8 @@ class _Extractor:
         return self.stats
 
     def one(self, parts: list[bytes], e: Entry) -> None:
+        if self.owner and not (0 <= e.uid < _ID_LIMIT and 0 <= e.gid < _ID_LIMIT):
+            raise ImgfsError(f"owner {e.uid}:{e.gid} is not a valid id here; not extracted")
         if e.kind == "dir":
             self.dirs.get(parts)
             if parts:  # the root of the tree maps to the destination itself, which keeps its metadata
@@ -200,9 +205,13 @@ class _Extractor:
             self.first_copy.setdefault(e.ino, parts)
         fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
         try:
-            with open(fd, "wb", closefd=False) as out:
-                for chunk in self.tree.read_all(e.ref):
-                    out.write(chunk)
+            extents = self.tree.data_extents(e.ref)
+            if extents is None:
+                with open(fd, "wb", closefd=False) as out:
+                    for chunk in self.tree.read_all(e.ref):
+                        out.write(chunk)
+            else:
+                self.sparse(fd, e, extents)
             self.meta(fd, e)
         except BaseException:
             os.close(fd)
@@ -211,6 +220,20 @@ class _Extractor:
         os.close(fd)
         self.stats.files += 1
         self.stats.bytes += e.size
+
+    def sparse(self, fd: int, e: Entry, extents: list[tuple[int, int]]) -> None:
+        """Write only a sparse file's data; the holes stay holes where the file system has them."""
+        for off, length in extents:
+            end = off + length
+            while off < end:
+                chunk = self.tree.read(e.ref, off, min(_CHUNK, end - off))
+                if not chunk:
+                    raise ImgfsError(f"{e.display_path}: its data ends early")
+                view = memoryview(chunk)
+                while view:  # pwrite may write less than asked
+                    n = os.pwrite(fd, view, off)
+                    view, off = view[n:], off + n
+        os.ftruncate(fd, e.size)
 
     def link(self, first: list[bytes], parent: int, name: bytes) -> bool:
         """Hard-link `name` to the first copy of its group; False (write a copy) if that fails."""

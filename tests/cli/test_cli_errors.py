@@ -53,16 +53,23 @@ def test_truncated_archive(capsysbinary, tmp_path, name):
 
 
 def test_archive_with_last_layer_cut_short(capsysbinary, tmp_path):
-    layers = [tar_of([D("etc"), F("etc/base", b"base\n")]), tar_of([F("big", os.urandom(20000)), F("z", b"z")])]
+    big = os.urandom(20000)
+    layers = [tar_of([D("etc"), F("etc/base", b"base\n"), F("etc/early", b"early\n")]),
+              tar_of([F("etc/early", b"new\n"), F("big", big), F("z", b"z")])]
     path = docker_archive(tmp_path / "cut.tar", layers)
-    os.truncate(path, os.path.getsize(path) - 15000)  # inside the last layer's 'big'
+    os.truncate(path, path.read_bytes().find(big) + 10000)  # inside the last layer's 'big'
     res = run(capsysbinary, "cat", path, "/etc/base")
     assert res.rc == 0 and res.out == b"base\n"
     assert "warning" in res.err
-    assert_one_line_error(run(capsysbinary, "-q", "cat", path, "/big"), "big")
+    # The cut layer keeps what lies before the cut: its own etc/early, and big as an error, never short.
+    assert run(capsysbinary, "-q", "cat", path, "/etc/early").out == b"new\n"
+    assert_one_line_error(run(capsysbinary, "-q", "cat", path, "/big"), "big", "cut off")
+    assert_one_line_error(run(capsysbinary, "-q", "cat", path, "/z"), "/z", "no such file")
     res = run(capsysbinary, "extract", path, "/", "-o", tmp_path / "out")
-    assert res.rc == 0 and "Traceback" not in res.err and "runs past the end" in res.err.splitlines()[0]
+    assert res.rc == 1 and "Traceback" not in res.err and "runs past the end" in res.err.splitlines()[0]
+    assert "big" in res.err.splitlines()[-1]
     assert (tmp_path / "out/etc/base").read_bytes() == b"base\n"
+    assert (tmp_path / "out/etc/early").read_bytes() == b"new\n"
     assert not (tmp_path / "out/big").exists()
 
 
@@ -72,11 +79,16 @@ def test_missing_blob(capsysbinary, tmp_path):
     res = run(capsysbinary, "layers", path)
     assert res.rc == 0 and "warning" in res.err and "missing" in res.err
     assert [line.split("\t")[3:5] for line in res.lines] == [["10240", "1"], ["-", "-"]]
-    res = run(capsysbinary, "cat", path, "/a")
-    assert res.rc == 0 and res.out == b"a"
-    assert_one_line_error(run(capsysbinary, "-q", "cat", path, "/b"), "/b", "no such file")
+    # Without layer 2 the merged root would be stale (what it deletes or replaces shown as it was): refused,
+    # even with -q, unless --partial asks for it, and then a warning says so.
+    for cmd in (["cat", path, "/a"], ["ls", path], ["find", path], ["diff", path],
+                ["extract", path, "/", "-o", tmp_path / "out"]):
+        assert_one_line_error(run(capsysbinary, "-q", *cmd), "layer 2", "cannot be read", "stale")
+    res = run(capsysbinary, "cat", "--partial", path, "/a")
+    assert res.rc == 0 and res.out == b"a" and "partial view: layer 2" in res.err
+    assert_one_line_error(run(capsysbinary, "-q", "cat", "--partial", path, "/b"), "/b", "no such file")
     assert_one_line_error(run(capsysbinary, "-q", "ls", path, "--layer", "2"), "layer 2", "cannot be read")
-    res = run(capsysbinary, "find", path)  # the readable layer and the merged view still answer
+    res = run(capsysbinary, "find", "--partial", path)  # the readable layer and the partial view answer
     assert res.rc == 0 and res.lines == ["1 step 1\t/a", "merged\t/a"] and "layer 2" in res.err
 
 
@@ -150,4 +162,4 @@ def test_quiet_silences_warnings_not_errors(capsysbinary, tmp_path):
     path = docker_archive(tmp_path / "m.tar", [tar_of([F("a", b"a")]), tar_of([F("b", b"b")])], omit={1})
     assert run(capsysbinary, "-q", "layers", path).err == ""
     assert run(capsysbinary, "layers", path, "-q").err == ""
-    assert_one_line_error(run(capsysbinary, "cat", path, "/b", "--quiet"), "/b")
+    assert_one_line_error(run(capsysbinary, "cat", path, "/b", "--quiet", "--partial"), "/b")

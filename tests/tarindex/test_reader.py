@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
 from imgfs.errors import FormatError, ImgfsError
 from imgfs.tarindex import FileSource, MemberIndex, scan
+from imgfs.tarindex.reader import MAX_PAX_RECORDS, MAX_XATTR_BYTES
 from imgfs.tarindex.store import dump_index, load_index
 from tarmaker import (
     END,
@@ -352,23 +356,27 @@ def test_non_utf8_names_kept_as_bytes(fmt: int) -> None:
 
 
 # -- broken input -----------------------------------------------------------------------------------
-def test_sparse_gnu_member_is_marked_broken() -> None:
-    data = member(b"before", b"1") + member(b"holes", b"\0" * 512, typeflag=b"S") + member(b"after", b"2") + END
+def test_sparse_gnu_member_with_a_bad_map_is_marked_broken() -> None:
+    hdr = bytearray(header(b"holes", typeflag=b"S", size=512))
+    hdr[386:410] = b"00000001000\0" + b"00000002000\0"  # a segment past the real size (0)
+    hdr[148:156] = b" " * 8
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    data = member(b"before", b"1") + bytes(hdr) + bytes(512) + member(b"after", b"2") + END
     idx = index_of(data)
-    assert b"holes" in idx.names and idx.names[-1] == b"after"
-    assert idx.names.index(b"holes") in idx.broken
+    assert list(idx.names) == [b"before", b"holes", b"after"]
+    assert "outside the file" in idx.broken[1]
     tree = merge(data)
     with pytest.raises(FormatError):
         list(tree.read_all(tree.lookup("holes")))
     assert b"".join(tree.read_all(tree.lookup("after"))) == b"2"
 
 
-def test_sparse_pax_member_is_marked_broken() -> None:
+def test_sparse_pax_member_without_its_map_is_marked_broken() -> None:
     recs = {b"GNU.sparse.major": b"1", b"GNU.sparse.minor": b"0", b"GNU.sparse.name": b"real",
             b"GNU.sparse.realsize": b"4096"}
     data = pax(recs) + member(b"GNUSparseFile.0/real", b"\0" * 512) + END
     idx = index_of(data)
-    assert len(idx) == 1 and 0 in idx.broken
+    assert list(idx.names) == [b"real"] and idx.sizes[0] == 4096 and "runs past" in idx.broken[0]
 
 
 @pytest.mark.parametrize("data", [
@@ -464,3 +472,37 @@ def test_scan_through_a_file_source(tmp_path: os.PathLike[str]) -> None:
         assert idx.end <= len(data)
     finally:
         src.close()
+
+
+# -- bounded memory on hostile PAX headers --------------------------------------------------------
+_PAX_FLOOD = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+from imgfs.tarindex import FileSource, scan
+resource.setrlimit(resource.RLIMIT_AS, (400 << 20, 400 << 20))
+idx = scan(FileSource(sys.argv[2]))
+print(len(idx), idx.error)
+"""
+
+
+def test_a_flood_of_pax_xattr_records_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    # 16 members of 500k tiny xattrs each cost 1.35 GB and 32 s: now the first header is refused (more
+    # records than any member needs), in a child limited to 400 MiB of address space.
+    record = b"".join(b"%d SCHILY.xattr.user.%07d=\n" % (len(b" SCHILY.xattr.user.0000000=\n") + 2, k)
+                      for k in range(500_000))
+    flood = tmp_path / "flood.tar"
+    flood.write_bytes(member(b"first", b"1") + (member(b"PaxHeader", record, typeflag=b"x") + member(b"f")) * 16
+                      + END)
+    proc = subprocess.run([sys.executable, "-c", _PAX_FLOOD, str(Path(__file__).parent.parent), str(flood)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-400:]
+    assert proc.stdout.startswith(f"1 PAX header with more than {MAX_PAX_RECORDS} records"), proc.stdout
+
+
+def test_the_xattrs_of_a_layer_are_bounded_in_all() -> None:
+    n = 100_000  # under the records a header may hold; ~14 MiB counted each, so the 5th member passes 64 MiB
+    recs = pax_records((b"SCHILY.xattr.user.%06d" % k, b"v") for k in range(n))
+    one = member(b"PaxHeader", recs, typeflag=b"x")
+    idx = index_of(b"".join(one + member(b"f%d" % k) for k in range(8)) + END)
+    assert f"more than {MAX_XATTR_BYTES >> 20} MiB" in (idx.error or "")
+    assert 3 <= len(idx) < 8 and all(len(idx.xattrs[i]) == n for i in range(len(idx)))

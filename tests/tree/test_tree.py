@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from imgfs.errors import ImgfsError, NotFoundError
-from imgfs.tree import Tree
+from imgfs.tree import Tree, layer_of, layer_refs, make_ref, member_of
 from tarmaker import D, F, S, merge
 
 CONTENT = random.Random(3).randbytes(5000)
@@ -113,3 +113,14 @@ def test_first_listings_from_many_threads_agree_and_are_sorted() -> None:
         th.join()
     assert len(got) == 8 and all(g == want for g in got)
     assert [p for p, _ in t.walk("d2")][:3] == [b"d2", b"d2/f00002", b"d2/f00006"]
+
+
+def test_a_reference_names_its_layer_and_member_through_the_tree() -> None:
+    t = merge([F("a", b"lower")], [F("b", b"upper"), S("c", "b")])
+    ref = t.lookup("c")
+    assert layer_of(ref) == 1 and ref in layer_refs(1) and ref not in layer_refs(0)
+    idx, i = t.member(ref)  # type: ignore[misc]
+    assert idx.names[i] == b"c" and make_ref(layer_of(ref), member_of(ref)) == ref
+    assert t.link_target(ref) == b"b" and t.link_target(t.lookup("a")) == b""
+    assert t.member(t.lookup("a")) is not None and layer_of(t.lookup("a")) == 0
+    assert t.member(-2) is None and t.member(make_ref(7, 0)) is None and t.member(make_ref(1, 99)) is None

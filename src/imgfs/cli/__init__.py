@@ -43,6 +43,10 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
         p.add_argument("--layer", metavar="SEL", help=LAYER_HELP)
     if "json" in adders:
         p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
+    if "partial" in adders:
+        p.add_argument("--partial", action="store_true",
+                       help="when a layer cannot be read, show the merged view without it (with a warning) "
+                            "instead of failing")
     return p
 
 
@@ -67,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cache_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     base = _parent("common", "cache", "archive", "select")
-    layer, as_json = _parent("layer"), _parent("json")
+    layer, as_json = _parent("layer", "partial"), _parent("json")
 
     def add(name: str, helptext: str, parents: list[argparse.ArgumentParser], func: commands.Command,
             epilog: str = "") -> argparse.ArgumentParser:

@@ -72,7 +72,7 @@ def _fill(t: Totals, own: dict[int, int], final: set[int]) -> Totals:
 
 def layer_totals(img: Image, warn: Callable[[str], None]) -> list[Totals | None]:
     """Files, bytes and wasted bytes of every layer (None for a layer that cannot be read)."""
-    final = set(img.merged().nodes.values())
+    final = set(img.merged(partial=True).nodes.values())  # lists layers: an unreadable one is shown as such
     out: list[Totals | None] = []
     for la in img.layers:
         try:

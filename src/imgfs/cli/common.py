@@ -27,8 +27,10 @@ def cache_dir(args: argparse.Namespace) -> str | None:
 
 
 def image_for(a: Archive, args: argparse.Namespace) -> Image:
-    """The one image chosen by --image/--platform."""
-    return a.image(getattr(args, "image", None), getattr(args, "platform", None))
+    """The one image chosen by --image/--platform (its merged view partial with --partial)."""
+    img = a.image(getattr(args, "image", None), getattr(args, "platform", None))
+    img.partial = getattr(args, "partial", False)
+    return img
 
 
 def tree_for(img: Image, sel: str | None) -> tuple[Tree, Layer | None]:

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from ..errors import FormatError
 from ..tarindex import FileSource, MemberIndex, Source, scan
 from ..tarindex.compressed import open_stream
-from ..tarindex.reader import HARDLINK, SYMLINK, normalize
+from ..tarindex.reader import HARDLINK, MAX_LINK_HOPS, SYMLINK, normalize
 from ..tarindex.source import SliceSource
+from ..tarindex.sparse import SparseSource
 from ..tarindex.store import Store
 from .base import MAX_JSON
-
-MAX_LINK_HOPS = 40  # an archive's own symlinks and hard links followed at most this often (a loop ends here)
 
 
 class TarballStore:
@@ -71,15 +70,22 @@ class TarballStore:
         """Whether a member (after following archive links) exists."""
         return self.member(path) is not None
 
-    def open(self, path: str) -> SliceSource:
+    def open(self, path: str) -> SliceSource | SparseSource:
         """The member's bytes, in place in the archive (or its decompressed stream)."""
         i = self.member(path)
         if i is None:
             raise FormatError(f"{path} is missing from the archive")
-        reason = self.index.broken.get(i)
-        if reason:
-            raise FormatError(f"{path}: {reason}")
-        return SliceSource(self.outer, self.index.offsets[i], self.index.sizes[i])
+        offset, size = self.index.offsets[i], self.index.sizes[i]
+        sparse = self.index.sparse.get(i)
+        if sparse is not None and i not in self.index.broken:
+            return SparseSource(self.outer, sparse, size)
+        if offset + size > self.outer.size and sparse is None:
+            # Cut by the end of a truncated archive: what is there is served, so that a layer keeps its
+            # complete members (its own scan marks the cut one broken and says so).
+            size = self.outer.size - offset
+        elif self.index.broken.get(i):
+            raise FormatError(f"{path}: {self.index.broken[i]}")
+        return SliceSource(self.outer, offset, size)
 
     def read(self, path: str) -> bytes:
         """A small member whole; refused by its size before it is read."""
@@ -90,7 +96,10 @@ class TarballStore:
 
     def origin(self, path: str) -> str:
         """This very archive file (path, device, inode, size, times) and the member's offset in it."""
-        return f"{self.identity}@{self.open(path).base}"
+        i = self.member(path)
+        if i is None:
+            raise FormatError(f"{path} is missing from the archive")
+        return f"{self.identity}@{self.index.offsets[i]}"
 
     def close(self) -> None:
         """Close the archive file and any decompressed copy of it."""

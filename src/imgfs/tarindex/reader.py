@@ -6,12 +6,15 @@ import base64
 import hashlib
 import struct
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from zlib import adler32
 
 from ..errors import FormatError, TruncatedError
 from .names import Names
 from .source import Source
+from .sparse import MAP_00, MAX_SPARSE_SEGMENTS_PER_LAYER, SparseMap
+from .sparse import gnu_old as sparse_gnu
+from .sparse import pax as sparse_pax
 
 BLOCK = 512
 _WINDOW = 256 * 1024
@@ -82,6 +85,8 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
     recs: dict[bytes, bytes] = {}
     pos = 0
     n = len(data)
+    if data.count(b"\n") > MAX_PAX_RECORDS:  # refused before a dict of them is built
+        raise FormatError(f"PAX header with more than {MAX_PAX_RECORDS} records")
     while pos < n:
         if data[pos] == 0:  # padding
             break
@@ -98,7 +103,10 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
         key, eq, value = data[sp + 1:end - 1].partition(b"=")
         if not eq:
             raise FormatError("malformed PAX record (no '=')")
-        recs[key] = value
+        if key == b"GNU.sparse.offset" or key == b"GNU.sparse.numbytes":  # PAX sparse 0.0: a map in order
+            recs[MAP_00] = recs[MAP_00] + b"," + value if MAP_00 in recs else value
+        else:
+            recs[key] = value
         pos = end
     return recs
 
@@ -120,6 +128,7 @@ class MemberIndex:
         self.devices: dict[int, tuple[int, int]] = {}
         self.xattrs: dict[int, dict[str, bytes]] = {}
         self.broken: dict[int, str] = {}  # members that cannot be read, and why
+        self.sparse: dict[int, SparseMap] = {}  # sparse members: where their stored segments go
         self.skipped: list[str] = []  # members left out (invalid names ...)
         self.error: str | None = None  # set when the stream ended early or went bad; members so far stay
         self.end = 0  # offset just past the last member's data
@@ -169,6 +178,8 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
     digest = hashlib.sha256()
     prev_end = 0  # where the bytes the next member's entry depends on start (see meta_digest)
     vouch = True
+    xattr_cost = 0  # what the layer's extended attributes cost held in memory (bounded: MAX_XATTR_BYTES)
+    sparse_total = 0  # segments of the layer's sparse maps (bounded, as one member's are)
 
     def read_meta(at: int, size: int, what: str) -> bytes:
         if size > MAX_META:
@@ -249,12 +260,27 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
             if t not in _KNOWN:
                 t = FILE  # POSIX: an unknown type is read as a regular file
             # Only regular files carry data in the stream; other kinds' size fields are ignored.
-            data_len = size_v if t == FILE else 0
+            data_len = size_v if t == FILE else 0  # the size listed; `end`: where the stored bytes end
             end = data_off + data_len
+            sparse_map = why = None
+            if sparse and t == FILE:  # rare: off the fast path
+                data_len, end, sparse_map, why = (
+                    sparse_gnu(src, buf[pos:pos + BLOCK], data_off, size_v) if sparse is True
+                    else sparse_pax(src, sparse, data_off, size_v))
             norm = normalize(full)
             bad = "climbs above the root" if norm is None else _bad_name(norm)
-            if not bad and link is not None and len(link) > PATH_MAX:
-                bad = f"link target longer than {PATH_MAX} bytes"
+            if link is not None and not bad:
+                bad = _bad_link(link)
+            device = None
+            if t in (CHAR, BLOCKDEV):
+                device = (_num(buf[pos + 329:pos + 337]), _num(buf[pos + 337:pos + 345]))
+                if not bad and not (0 <= device[0] <= _DEV_MAX and 0 <= device[1] <= _DEV_MAX):
+                    bad = f"device number {device[0]},{device[1]} out of range"
+            if xattrs and not bad:
+                xattr_cost += sum(len(k) + len(v) + _XATTR_OVERHEAD for k, v in xattrs.items())
+                if xattr_cost > MAX_XATTR_BYTES:
+                    raise FormatError(f"extended attributes of the members up to offset {off} take more than "
+                                      f"{MAX_XATTR_BYTES >> 20} MiB")
             if bad:
                 idx.skipped.append(f"{show(full[:200])}: {bad}")
                 vouch = False  # its bytes sit between two entries, where meta_digest does not look
@@ -264,7 +290,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 elif vouch:
                     lo = prev_end - buf_off
                     digest.update(buf[lo:pos + BLOCK] if lo >= 0 else src.pread(prev_end, data_off - prev_end))
-                prev_end = data_off + _skip(data_len)
+                prev_end = data_off + _skip(end - data_off)
                 i = len(kinds)
                 d, _, b = norm.rpartition(b"/")
                 k = dir_ids.get(d)
@@ -294,19 +320,31 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                 add_offset(data_off)
                 if t in (HARDLINK, SYMLINK):
                     idx.links[i] = link or b""
-                elif t in (CHAR, BLOCKDEV):
-                    idx.devices[i] = (_num(buf[pos + 329:pos + 337]), _num(buf[pos + 337:pos + 345]))
+                elif device is not None:
+                    idx.devices[i] = device
                 if xattrs:
                     idx.xattrs[i] = xattrs
                 if frac:
                     idx.mtime_frac[i] = frac
                 if sparse:
-                    idx.broken[i] = "sparse tar members are not supported"
+                    if sparse_map is not None:
+                        # Its data starts past its map, which decides what it reads: meta_digest covers it.
+                        idx.sparse[i] = sparse_map
+                        idx.offsets[i] = sparse_map.data_at
+                        if vouch:
+                            digest.update(src.pread(data_off, sparse_map.data_at - data_off))
+                        sparse_total += len(sparse_map)
+                        if sparse_total > MAX_SPARSE_SEGMENTS_PER_LAYER:
+                            raise FormatError(f"sparse members up to offset {off} have more than "
+                                              f"{MAX_SPARSE_SEGMENTS_PER_LAYER} segments in all")
+                    else:
+                        idx.broken[i] = why or "sparse member without a map"
+                        vouch = False  # where its data starts is not known, so neither is where to digest
                 if end > total:
                     idx.broken[i] = "the member's data is cut off (truncated archive)"
             if end > total:
                 raise TruncatedError(f"member {show(full[-80:])} at offset {off} runs past the end of the data")
-            off = data_off + _skip(data_len)
+            off = data_off + _skip(end - data_off)
             if progress is not None and off >= next_progress:
                 progress(off, total)
                 next_progress = off + (64 << 20)
@@ -338,7 +376,12 @@ def meta_digest(idx: MemberIndex, src: Source) -> str | None:
     """
     h = hashlib.sha256()
     prev, buf, buf_off, total = 0, b"", 0, src.size
-    for data_off, size in zip(idx.offsets, idx.sizes, strict=True):
+    sizes: array | list[int] = idx.sizes
+    if idx.sparse:  # what a sparse member stores, not its real size, lies before the next header
+        sizes = list(sizes)
+        for i, m in idx.sparse.items():
+            sizes[i] = m.stored
+    for data_off, size in zip(idx.offsets, sizes, strict=True):
         if not 0 <= data_off - prev <= _MAX_GAP:
             return None
         if prev < buf_off or data_off > buf_off + len(buf):
@@ -355,6 +398,7 @@ def meta_digest(idx: MemberIndex, src: Source) -> str | None:
 
 _META_TYPES = frozenset(b"xXgLK")
 PATH_MAX = 4096  # Linux's limit; longer names cannot be real files and would cost memory per component
+MAX_LINK_HOPS = 40  # Linux's limit on symlinks followed in one path lookup (MAXSYMLINKS)
 
 
 def _bad_name(norm: bytes) -> str | None:
@@ -363,6 +407,23 @@ def _bad_name(norm: bytes) -> str | None:
     if b"\0" in norm:
         return "has a NUL byte"
     return None
+
+
+def _bad_link(link: bytes) -> str | None:
+    if len(link) > PATH_MAX:
+        return f"link target longer than {PATH_MAX} bytes"
+    if b"\0" in link:  # only a PAX linkpath can hold one; no file system can
+        return "link target has a NUL byte"
+    return None
+
+
+_DEV_MAX = 0x7FFFFFFF  # the largest major or minor number os.makedev takes
+# Hostile PAX headers: 16 members of 500k one-byte xattrs were 1.35 GB held as dicts. A header may hold at
+# most this many records (room for a PAX sparse 0.0 map of MAX_SPARSE_SEGMENTS segments, two records each);
+MAX_PAX_RECORDS = (1 << 17) + 1024
+# and a layer's xattrs at most this much memory, each counted as name + value + what a dict entry costs.
+MAX_XATTR_BYTES = 64 << 20
+_XATTR_OVERHEAD = 128
 
 
 _LIM = 1 << 62  # what the index's signed 64-bit arrays hold with room to spare
@@ -374,12 +435,14 @@ def _clamp(v: int) -> int:
 
 
 def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None, size_v: int, uid_v: int,
-               gid_v: int, mtime_v: int, sparse: bool) -> tuple:
+               gid_v: int, mtime_v: int, sparse: bool | dict[bytes, bytes]) -> tuple:
     """Let PAX records override the header's fields (LAYER-RULES rule 19) and collect xattrs (rule 20)."""
     frac = 0.0
     xattrs: dict[str, bytes] | None = None
     if b"path" in p:
         full = p[b"path"]
+    if b"GNU.sparse.name" in p:  # a sparse member's real name (its header has GNUSparseFile.<pid>/<name>)
+        full = p[b"GNU.sparse.name"]
     if b"linkpath" in p:
         link = p[b"linkpath"]
     try:
@@ -414,10 +477,5 @@ def _apply_pax(p: dict[bytes, bytes], off: int, full: bytes, link: bytes | None,
             except ValueError:
                 xattrs[key] = v
         elif k.startswith(b"GNU.sparse."):
-            sparse = True
+            sparse = sparse or p  # the records say where the map is (an old GNU 'S' header has its own)
     return full, link, size_v, uid_v, gid_v, mtime_v, frac, xattrs, sparse
-
-
-def iter_members(idx: MemberIndex) -> Iterator[int]:
-    """Yield member numbers in archive order."""
-    return iter(range(len(idx.kinds)))

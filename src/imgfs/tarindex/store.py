@@ -17,9 +17,12 @@ from typing import BinaryIO
 from .names import Names
 from .reader import BLOCK, FILE, MemberIndex
 from .source import Source
+from .sparse import SparseError, SparseMap
 
 VERSION = 1  # of the cache's layout (its folder, v1)
-INDEX_FORMAT = 3  # of index files; 2: names as directories + last components (names.py), 3: narrow arrays
+# Of index files; 2: names as directories + last components (names.py), 3: narrow arrays, 4: sparse maps
+# (a format-3 file lists sparse members under their stored names and sizes)
+INDEX_FORMAT = 4
 MAGIC = b"IMGFSIX%d" % INDEX_FORMAT
 DEFAULT_MAX_BYTES = 8 << 30
 _ARRAYS = ("modes", "uids", "gids", "sizes", "mtimes", "offsets")
@@ -56,6 +59,7 @@ def dump_index(idx: MemberIndex, stream_size: int, out: BinaryIO | None = None) 
         "devices": {i: list(v) for i, v in idx.devices.items()},
         "xattrs": {i: {k: lat(v) for k, v in x.items()} for i, x in idx.xattrs.items()},
         "broken": idx.broken, "frac": idx.mtime_frac, "md": idx.meta_digest,
+        "sparse": {i: m.flat() for i, m in idx.sparse.items()},
         "dirs": len(names.dirs), "bounds": names.bounds.typecode,
         "types": [getattr(idx, name).typecode for name in _ARRAYS],
     }
@@ -125,6 +129,10 @@ def load_index(data: bytes | BinaryIO) -> tuple[MemberIndex, int]:
     idx.broken = {int(i): str(v) for i, v in meta["broken"].items()}
     idx.mtime_frac = {int(i): float(v) for i, v in meta["frac"].items()}
     idx.error, idx.skipped, idx.end = meta["error"], list(meta["skipped"]), int(meta["end"])
+    try:
+        idx.sparse = {int(i): SparseMap.from_flat(v, idx.sizes[int(i)], idx.end) for i, v in meta["sparse"].items()}
+    except SparseError as e:
+        raise ValueError(str(e)) from None
     md = meta.get("md")
     idx.meta_digest = md if isinstance(md, str) else None
     return idx, int(meta["size"])
@@ -138,6 +146,8 @@ def looks_right(idx: MemberIndex, src: Source, stream_size: int, spot_check: boo
     if stream_size != src.size:
         return False
     for i in {0, len(idx) - 1} if len(idx) and spot_check else ():
+        if i in idx.sparse:
+            continue  # its map, not its header, lies before its data
         at = idx.offsets[i] - BLOCK
         if at < 0:
             return False

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..tarindex.reader import DIR, FILE, HARDLINK, PATH_MAX, SYMLINK, MemberIndex, normalize, show
+from ..tarindex.reader import DIR, FILE, HARDLINK, MAX_LINK_HOPS, PATH_MAX, SYMLINK, MemberIndex, normalize, show
 from ..tarindex.source import Source
-from .tree import MASK, MAX_LINK_HOPS, SHIFT, Tree
+from .refs import MASK, SHIFT
+from .tree import Tree
 
 WH = b".wh."
 OPAQUE = b".wh..wh..opq"
@@ -290,8 +291,7 @@ def merged_tree(indexes: list[MemberIndex | None], sources: list[Source | None])
     """All layers applied bottom to top; also the hard-link resolutions, for layer trees."""
     b = _Builder(indexes, sources, follow_links=True, size_hint=sum(len(i) for i in indexes if i is not None))
     for li, idx in enumerate(indexes):
-        if idx is None:
-            b.warnings.append(f"layer {li + 1} cannot be read: the merged view lacks its changes")
+        if idx is None:  # unreadable: the caller decides whether a view without it may be shown
             continue
         b.apply(li, idx, merged=True)
     return b.finish(), b.link_refs

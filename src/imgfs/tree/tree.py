@@ -10,16 +10,15 @@ from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from ..errors import FormatError, NotFoundError
-from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, KIND_NAMES, SYMLINK, MemberIndex
+from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, KIND_NAMES, MAX_LINK_HOPS, SYMLINK, MemberIndex
 from ..tarindex.source import FileSource, SliceSource, Source
+from .refs import MASK, SHIFT
 
-SHIFT = 32
-MASK = (1 << SHIFT) - 1
 ROOT_INO = 1
 _IMPLIED_INO_BASE = 1 << 62
 _S_IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: stat.S_IFCHR,
            BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
-MAX_LINK_HOPS = 40
+_NO_TEXT = (b"", array("I"))
 
 
 class Entry(NamedTuple):
@@ -67,6 +66,21 @@ def split_path(path: bytes | str) -> bytes:
     return b"/".join(out)
 
 
+class _Texts(dict[int, tuple[bytes, array]]):
+    """Layer position -> (blob, bounds) of its names' last components, made on first use."""
+
+    def __init__(self, indexes: list[MemberIndex | None]) -> None:
+        super().__init__()
+        self.indexes = indexes
+
+    def __missing__(self, li: int) -> tuple[bytes, array]:
+        idx = self.indexes[li]
+        if idx is None:
+            return _NO_TEXT
+        text = self[li] = (idx.names.blob, idx.names.bounds)
+        return text
+
+
 class Tree:
     """A directory tree in flat arrays: node n has a member reference, a parent and a name; node 0 is the root.
 
@@ -99,8 +113,9 @@ class Tree:
         self.nodes = PathView(self)
         self.sorted: bytearray | None = None  # node -> children in name order yet (None: still building)
         self._sort_lock = threading.Lock()
-        # Each layer's (blob, bounds) of last name components, so that a name costs a slice, not two calls.
-        self.texts = [(x.names.blob, x.names.bounds) if x is not None else (b"", array("I")) for x in indexes]
+        # Each layer's (blob, bounds) of last name components, so that a name costs a slice, not two calls;
+        # filled on first use, so that a layer tree sharing an image's list of every layer stays its own size.
+        self.texts = _Texts(indexes)
 
     def __len__(self) -> int:
         return self.count - self.parents.count(-2)  # nodes made, less those removed
@@ -252,6 +267,23 @@ class Tree:
             first[n] = head
             self.sorted[n] = 1  # type: ignore[index]
 
+    # -- references -----------------------------------------------------------------------
+    def member(self, ref: int) -> tuple[MemberIndex, int] | None:
+        """Which layer's index and which member in it a reference names; None for an implied directory or
+        a reference naming no member of this tree's layers."""
+        if ref < 0:
+            return None
+        li, i = ref >> SHIFT, ref & MASK
+        idx = self.indexes[li] if li < len(self.indexes) else None
+        if idx is None or i >= len(idx.kinds):
+            return None
+        return idx, i
+
+    def link_target(self, ref: int) -> bytes:
+        """A symlink's or hard link's target exactly as stored (b"" for anything else)."""
+        found = self.member(ref)
+        return found[0].links.get(found[1], b"") if found is not None else b""
+
     # -- metadata -------------------------------------------------------------------------
     def kind_code(self, ref: int) -> int:
         """The tar kind byte of a reference (implied directories are DIR)."""
@@ -322,7 +354,7 @@ class Tree:
             return None
         li, i = ref >> SHIFT, ref & MASK
         idx, src = self.indexes[li], self.sources[li]
-        if idx is None or i in idx.broken:
+        if idx is None or i in idx.broken or i in idx.sparse:
             return None
         base = idx.offsets[i]
         while isinstance(src, SliceSource):
@@ -433,16 +465,24 @@ class Tree:
             raise ValueError("negative read offset")
         if offset >= length or size <= 0:
             return b""
+        sparse = idx.sparse.get(i) if idx.sparse else None
+        if sparse is not None:  # its holes read as zeros
+            return sparse.read(src, offset, min(size, length - offset))
         return src.pread(idx.offsets[i] + offset, min(size, length - offset))
 
+    def data_extents(self, ref: int) -> list[tuple[int, int]] | None:
+        """(offset, length) of the parts of a sparse file that hold data (the rest are holes); None if not sparse."""
+        found = self.member(ref)
+        sparse = found[0].sparse.get(found[1]) if found is not None else None
+        return None if sparse is None else list(sparse.extents())
+
     def read_all(self, ref: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-        """A file's whole content, in chunks."""
-        size = self.entry_for(b"?", ref).size if ref >= 0 else 0
+        """A file's whole content, in chunks (a member that cannot be read raises, an empty one too)."""
         off = 0
-        while off < size:
+        while True:
             data = self.read(ref, off, chunk)
             if not data:
-                break
+                return
             yield data
             off += len(data)
 
