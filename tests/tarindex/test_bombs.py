@@ -9,7 +9,6 @@ import zstandard
 
 import imgfs.tarindex.source as source
 from imgfs.errors import ImgfsError
-from imgfs.tarindex import open_maybe_compressed
 from imgfs.tarindex.compressed import open_stream
 from imgfs.tarindex.store import Store
 from tarmaker import BytesSource
@@ -27,7 +26,7 @@ def small_limits(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bomb_is_refused_with_a_clear_error(small_limits: None, tmp_path, kind: str) -> None:
     blob = gzip.compress(ZEROS, compresslevel=9) if kind == "gzip" else zstandard.ZstdCompressor().compress(ZEROS)
     assert len(ZEROS) > source.BOMB_RATIO * len(blob)  # it is a bomb by the rule
-    for src, _ in (open_maybe_compressed(BytesSource(blob)), open_stream(BytesSource(blob), Store(tmp_path), "k")):
+    for src, _ in (open_stream(BytesSource(blob)), open_stream(BytesSource(blob), Store(tmp_path), "k")):
         with pytest.raises(ImgfsError, match="decompression bomb"):
             src.pread(0, 1)
     assert list(tmp_path.rglob("*.tar")) == [] and list(tmp_path.rglob(".tmp-*")) == []
@@ -36,5 +35,5 @@ def test_bomb_is_refused_with_a_clear_error(small_limits: None, tmp_path, kind: 
 def test_an_ordinary_compression_ratio_is_fine(small_limits: None) -> None:
     data = bytes(range(256)) * 40_000  # compresses well, but far below the ratio
     blob = gzip.compress(data)
-    src, kind = open_maybe_compressed(BytesSource(blob))
+    src, kind = open_stream(BytesSource(blob))
     assert kind == "gzip" and src.pread(0, src.size) == data

@@ -16,8 +16,9 @@ import pytest
 import zstandard
 
 from imgfs.errors import FormatError, ImgfsError, TruncatedError
-from imgfs.tarindex import FileSource, SliceSource, Source, open_maybe_compressed, scan
+from imgfs.tarindex import FileSource, SliceSource, Source, scan
 from imgfs.tarindex.compressed import open_stream
+from imgfs.tarindex.source import SpoolSource
 from imgfs.tarindex.store import Store
 from tarmaker import BytesSource, F, index_of, tar_of
 
@@ -29,9 +30,9 @@ Opener = Callable[[bytes], tuple[Source, "str | None"]]
 
 @pytest.fixture(params=["spool", "stream"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Both ways the engine serves compressed bytes: the plain spool, and open_stream (rapidgzip, cached zstd)."""
+    """Both ways the engine serves compressed bytes: a private spool (no cache), and the cache's (cached zstd)."""
     if request.param == "spool":
-        return lambda blob: open_maybe_compressed(BytesSource(blob))
+        return lambda blob: open_stream(BytesSource(blob))
     store = Store(tmp_path / "cache")
     keys = iter(range(1000))
     return lambda blob: open_stream(BytesSource(blob), store, f"test:{next(keys)}")
@@ -103,6 +104,7 @@ _CUT_GZIP = """
 import gzip, random, sys
 from imgfs.errors import ImgfsError
 from imgfs.tarindex.compressed import open_stream
+from imgfs.tarindex.source import SpoolSource
 from imgfs.tarindex.source import SliceSource, FileSource
 payload = random.Random(5).randbytes(300_000) + b"text " * 50_000
 blob = gzip.compress(payload)
@@ -197,7 +199,7 @@ def test_file_source_missing_file_is_a_format_error(tmp_path: Path) -> None:
 def test_spool_leaves_no_temporary_file(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    src, kind = open_maybe_compressed(BytesSource(gzip.compress(PAYLOAD)), spool_dir=str(spool))
+    src = SpoolSource(BytesSource(gzip.compress(PAYLOAD)), "gzip", spool_dir=str(spool))
     assert src.pread(0, 10) == PAYLOAD[:10]
     assert os.listdir(spool) == []  # unlinked at once: nothing to clean up after a crash
     src.close()  # type: ignore[attr-defined]

@@ -67,7 +67,7 @@ def test_index_files_of_an_earlier_format_are_rebuilt_without_a_warning(tmp_path
     warnings: list[str] = []
     assert _listing(tmp_path / "seed.tar", cache_dir=cache, warn=warnings.append) == want
     assert warnings == []
-    assert all(f.read_bytes()[:8] == MAGIC for f in files if f.exists())  # written again in this format
+    assert all(MAGIC in f.read_bytes()[:64] for f in files if f.exists())  # written again in this format
 
 
 def test_an_index_that_does_not_fit_the_stream_is_refused() -> None:
@@ -97,8 +97,8 @@ def test_full_disk_is_like_an_unwritable_cache(tmp_path: Path) -> None:
         with open("/dev/full", "wb") as full:
             full.write(b"x" * 65536)
 
-    assert store.write_with("idx", "k", ".idx", to_full_disk) is None
-    assert store.write_with("idx", "k2", ".idx", lambda fh: fh.write(b"x")) is None  # off after the first failure
+    assert store.write_with("idx", "k", ".idx", to_full_disk) is False
+    assert store.write_with("idx", "k2", ".idx", lambda fh: fh.write(b"x")) is False  # off after the first failure
     assert len(warnings) == 1 and "No space" in warnings[0]
     assert list((tmp_path / "c").rglob("*.idx")) == [] and list((tmp_path / "c").rglob(".tmp-*")) == []
 
