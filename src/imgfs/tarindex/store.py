@@ -276,6 +276,7 @@ class Store:
                     no_more_fds(e, "cache")
                     if create:
                         raise
+                    os.close(fd)
                     return None
                 os.close(fd)
                 fd = sub
