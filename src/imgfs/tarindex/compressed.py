@@ -151,11 +151,12 @@ class GzipSource(SourceBase):
         import subprocess  # here: only a first pass needs them (start-up time)
         import tempfile
 
-        import imgfs
-
-        here = os.path.dirname(os.path.dirname(os.path.abspath(imgfs.__file__)))
-        cwd = os.getcwd()
-        path = [here] + [p for p in sys.path if os.path.isabs(p) and p != cwd and p != here]
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds imgfs/
+        try:
+            cwd = os.getcwd()
+        except OSError:  # a working directory deleted under us is on no path
+            cwd = ""
+        path = [here] + [p for p in sys.path if os.path.isabs(p) and p not in (cwd, here)]
         fd, out = tempfile.mkstemp(prefix="imgfs-gzi-")
         os.close(fd)
         try:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -408,12 +409,13 @@ class _OpenCopies:
     """The decompressed copies open at once, bounded: each holds a descriptor, so an LRU closes idle ones.
 
     A closed copy reopens on its next use (a cached one from the cache, a private one by decompressing
-    again), so with `ulimit -n 32` and 40 compressed layers every layer still reads.
+    again), so with `ulimit -n 32` and 40 compressed layers every layer still reads. Weak references: the
+    LRU never keeps a source alive.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: OrderedDict[int, LazySource] = OrderedDict()
+        self._open: OrderedDict[int, weakref.ref[LazySource]] = OrderedDict()
         self._budget = 0
 
     def budget(self) -> int:
@@ -428,13 +430,17 @@ class _OpenCopies:
     def used(self, src: LazySource) -> None:
         """`src` holds an open copy and was used just now: close the least recently used idle ones over budget."""
         with self._lock:
-            self._open[id(src)] = src
+            self._open[id(src)] = weakref.ref(src)
             self._open.move_to_end(id(src))
             if len(self._open) <= self.budget():
                 return
-            victims = [s for s in self._open.values() if s is not src][: len(self._open) - self.budget()]
+            for k in [k for k, r in self._open.items() if r() is None]:  # sources gone without a close()
+                del self._open[k]
+            over = len(self._open) - self.budget()
+            victims = [r() for k, r in self._open.items() if k != id(src)][:max(0, over)]
         for s in victims:
-            s.close_if_idle()
+            if s is not None:
+                s.close_if_idle()
 
     def closed(self, src: LazySource) -> None:
         """`src` holds no copy any more."""
