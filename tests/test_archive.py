@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
+import os
 import platform
 import re
 from collections.abc import Iterator
@@ -418,3 +420,29 @@ def test_a_claimed_diff_id_can_never_name_another_blobs_own_cache_file(name: str
         _tree_files(Path(b.save(tmp_path / f"evil{i}.tar")), cache_dir=cache)
     assert {p: p.read_bytes() for p in own} == own
     assert _tree_files(victim, cache_dir=cache) == want
+
+
+def test_an_archive_rewritten_in_place_with_its_mtime_restored_is_indexed_again(tmp_path: Path) -> None:
+    # `cp -p other.tar image.tar` and `rsync -t` keep the inode, the size and the mtime: only the ctime
+    # (and the bytes) tell. The layer is gzip, whose own cached index is not spot-checked against headers.
+    def archive(files: list) -> bytes:
+        layer = tar_of(files)
+        b = ArchiveBuilder()
+        b.oci_index([b.oci_image([layer], blobs=[gzip.compress(layer, mtime=0)])])
+        return b.tar()
+
+    old = archive([F("etc/passwd", b"p" * 1500)])
+    new = archive([F("etc/passwd", b"root:x:0\n\n"), F("etc/group", b"g" * 600)])
+    size = max(len(old), len(new))
+    old, new = old.ljust(size, b"\0"), new.ljust(size, b"\0")  # zero blocks after the end marker change nothing
+    path = tmp_path / "image.tar"
+    path.write_bytes(old)
+    cache = tmp_path / "cache"
+    assert _tree_files(path, cache_dir=cache)[b"etc/passwd"] == b"p" * 1500
+    st = path.stat()
+    with open(path, "r+b") as fh:  # in place: same inode
+        fh.write(new)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_ino == st.st_ino and path.stat().st_size == st.st_size
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
+    assert _tree_files(path, cache_dir=cache) == {b"etc/passwd": b"root:x:0\n\n", b"etc/group": b"g" * 600}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import threading
 from collections.abc import Callable
@@ -13,16 +11,14 @@ from . import formats
 from .errors import FormatError, ImgfsError, SelectionError
 from .formats import ImageDesc, LayerDesc
 from .stores import BlobStore, open_store
-from .tarindex import MemberIndex, Source, meta_digest, scan
-from .tarindex.compressed import GzipSource, open_stream
-from .tarindex.store import DEFAULT_MAX_BYTES, StaleIndex, Store, dump_index, load_index, looks_right
+from .tarindex import MemberIndex, Source, scan
+from .tarindex.compressed import open_stream
+from .tarindex.store import DEFAULT_MAX_BYTES, Store
+from .tarindex.trust import index_for
 from .tree import Tree, layer_tree, merged_tree
 from .tree.refs import check_layer_count
 
 Progress = Callable[[str, int, int], None]
-# Indexes kept under a layer's diff_id live apart from those kept under where a blob sits ("idx"): a
-# diff_id is whatever an archive's config says, and must never name another blob's own cache file.
-SHARED = "shared"
 _SHOWN_SKIPPED = 10  # entries a scan left out that are named in warnings, per layer
 
 
@@ -342,18 +338,8 @@ class Archive:
                 raise self._index_errors[member]
         try:
             src, _ = self.blob(member)
-            idx, found = self._cached_index(src, member, diff_id)
-            if idx is None:
-                idx = scan(src, self._scan_progress(f"indexing {member}"))
-            if self.store is not None and found != "origin":
-                shared = diff_id if diff_id and idx.meta_digest and self._shareable(src) else None
-                if shared is None:
-                    self.store.write_with("idx", self.origin(member), ".idx", lambda fh: dump_index(idx, src.size, fh))
-                else:  # one copy under the diff_id; this blob only points at it, with the digest it matched
-                    if found is None:
-                        self.store.write_with(SHARED, shared, ".idx", lambda fh: dump_index(idx, src.size, fh))
-                    self.store.write("ptr", self.origin(member), ".ptr",
-                                     json.dumps({"key": shared, "md": idx.meta_digest}).encode())
+            idx = index_for(self.store, src, self.origin(member), diff_id, member, self.warn,
+                            lambda: scan(src, self._scan_progress(f"indexing {member}")))
         except ImgfsError as e:
             with self._lock:
                 self._index_errors[member] = e
@@ -362,71 +348,6 @@ class Archive:
             self.warn(f"{member}: {idx.error}")
         with self._lock:
             return self._indexes.setdefault(member, idx)
-
-    @staticmethod
-    def _shareable(src: Source) -> bool:
-        """Whether checking an index against `src` is cheap: reading headers must not mean decompressing."""
-        return not isinstance(src, GzipSource)
-
-    def _cached_index(self, src: Source, member: str, diff_id: str | None) -> tuple[MemberIndex | None, str | None]:
-        """A persisted index that fits `src`, and where it came from ("origin", "shared" or None: not found).
-
-        First one made from this very blob (an archive file not changed since). Then one another archive
-        left under the layer's diff_id: a diff_id is only a claim, so that index is used only where the
-        bytes it was made from, every header and the end marker (meta_digest), are the same here; a liar
-        can then change nothing but its own view.
-        """
-        if self.store is None:
-            return None, None
-        origin, shareable, store = self.origin(member), self._shareable(src), self.store
-        bad = (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeError, RecursionError, OSError,
-               ImgfsError)
-
-        def load(kind: str, key: str) -> tuple[MemberIndex, int] | None:
-            fh = store.open(kind, key, ".idx")
-            if fh is None:
-                return None
-            with fh:  # parsed from the file: the arrays go straight into place
-                try:
-                    return load_index(fh)
-                except StaleIndex:
-                    return None  # written by an earlier imgfs: rebuilt, and no damage to warn about
-
-        try:
-            hit = load("idx", origin)
-            if hit is not None and looks_right(hit[0], src, hit[1], spot_check=shareable):
-                return hit[0], "origin"
-            damaged = hit is not None
-        except bad:
-            damaged = True
-        if damaged:
-            self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
-        pointer = self.store.read("ptr", origin, ".ptr") if shareable else None
-        candidates = []
-        with contextlib.suppress(*bad):
-            if pointer is not None:  # this blob matched that shared index before: the same digest will do
-                ptr = json.loads(pointer)
-                candidates.append((str(ptr["key"]), str(ptr["md"])))
-        if diff_id and shareable:
-            candidates.append((diff_id, None))
-        for key, known in candidates:
-            try:
-                hit = load(SHARED, key)
-                if hit is None:
-                    continue
-                idx, size = hit
-                # A mismatch is no damage: another archive's layer under the same claim. Scan instead.
-                if size != src.size or idx.meta_digest is None:
-                    continue
-                if known is not None:
-                    if idx.meta_digest == known and looks_right(idx, src, size):
-                        return idx, "origin"
-                elif meta_digest(idx, src) == idx.meta_digest:
-                    return idx, "shared"
-            except bad:
-                self.warn(f"cache: the index of {member} is corrupt or does not fit; rebuilding it")
-                break
-        return None, None
 
     def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
         """Images matching a ref and a platform (host platform preferred among variants).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 
@@ -87,4 +88,7 @@ def verify_image(image: Image, progress: Callable[[str, int, int], None] | None 
             checks.append(_check(f"{tag} blob ({compressed})", layer.digest,
                                  lambda la=layer: archive.blobs.open(la.member), prog(f"{tag} blob")))
         checks.append(_check(f"{tag} diff_id", layer.diff_id, layer.source, prog(f"{tag} diff_id")))
+        if checks[-1].ok:  # loading the index checks its cached copy: a damaged one is rebuilt, with a warning
+            with contextlib.suppress(ImgfsError):
+                layer.index()
     return checks

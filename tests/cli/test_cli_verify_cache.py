@@ -86,3 +86,41 @@ def test_verify_bad_archive_is_one_line(capsysbinary, tmp_path):
     bad = tmp_path / "x.tar"
     bad.write_bytes(b"\0" * 10)
     assert_one_line_error(run(capsysbinary, "verify", bad), str(bad))
+
+
+def test_cache_clear_never_deletes_through_a_symlinked_v1(capsysbinary, tmp_path):
+    victim = tmp_path / "precious"
+    (victim / "idx").mkdir(parents=True)
+    for n in range(3):
+        (victim / "idx" / f"{n}.idx").write_bytes(b"keep me")
+        (victim / f"{n}.txt").write_bytes(b"keep me too")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "v1").symlink_to(victim)
+    capsysbinary.readouterr()
+    assert main(["--cache-dir", str(cache), "cache", "clear"]) == 0
+    assert main(["--cache-dir", str(cache), "layers", str(IMAGES / "seed.docker-oci.tar")]) == 0
+    assert main(["--cache-dir", str(cache), "cache", "clear"]) == 0
+    assert sorted(p.name for p in victim.rglob("*") if p.is_file()) == ["0.idx", "0.txt", "1.idx", "1.txt",
+                                                                         "2.idx", "2.txt"]
+    assert all(p.read_bytes().startswith(b"keep me") for p in victim.rglob("*") if p.is_file())
+
+
+def test_verify_rebuilds_a_damaged_cached_gzip_index_and_says_so(capsysbinary, tmp_path):
+    seed = IMAGES / "seed.skopeo-oci-gzip.tar"
+    cache = tmp_path / "cache"
+    capsysbinary.readouterr()
+    assert main(["--cache-dir", str(cache), "cat", str(seed), "/app/trace.log"]) == 0
+    own = sorted((cache / "v1" / "idx").glob("*.idx"))
+    assert own, "gzip layers keep their index under where the blob sits"
+    for f in own:
+        data = bytearray(f.read_bytes())
+        data[len(data) * 2 // 3] ^= 0x01
+        f.write_bytes(bytes(data))
+    capsysbinary.readouterr()
+    assert main(["--cache-dir", str(cache), "verify", str(seed)]) == 0
+    err = capsysbinary.readouterr().err.decode()
+    assert err.count("is corrupt or does not fit; rebuilding it") == len(own), err
+    assert main(["--cache-dir", str(cache), "cat", str(seed), "/app/trace.log"]) == 0
+    cap = capsysbinary.readouterr()
+    assert cap.out == b"trace\n" and cap.err == b""  # rebuilt by verify: whole again

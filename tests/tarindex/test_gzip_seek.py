@@ -85,3 +85,38 @@ def test_archive_shrinking_under_a_reader_is_an_error(big_gz: Path, tmp_path: Pa
     with pytest.raises(ImgfsError):
         src.pread(len(PAYLOAD) - 10, 10)
     src.close()
+
+
+def test_a_byte_flipped_in_place_under_a_reader_is_an_error_not_other_bytes(big_gz: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(big_gz.read_bytes())
+    src = GzipSource(_slice(copy), Store(tmp_path / "cache"), "test:flip")
+    assert src.pread(0, 10) == PAYLOAD[:10]
+    assert src._fallback is None
+    at = 1000 + (5 << 20)  # level 1 stores random bytes as they are: this is about payload byte 5 MiB
+    with open(copy, "r+b") as fh:
+        fh.seek(at)
+        old = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([old[0] ^ 0xFF]))
+    for off in (5 << 20, 0):
+        with pytest.raises(ImgfsError, match="changed"):
+            src.pread(off - 2048 if off else 0, 4096)
+    src.close()
+
+
+def test_damaged_seek_points_are_rebuilt_never_trusted(big_gz: Path, tmp_path: Path) -> None:
+    store = Store(tmp_path / "cache", warn=(warnings := []).append)
+    key = "sha256:" + "ef" * 32
+    src = GzipSource(_slice(big_gz), store, key)
+    assert src.pread(len(PAYLOAD) // 2, 100) == PAYLOAD[len(PAYLOAD) // 2:len(PAYLOAD) // 2 + 100]
+    src.close()
+    (points,) = (tmp_path / "cache").rglob("*.gzi")
+    data = bytearray(points.read_bytes())
+    data[len(data) // 2] ^= 0x04  # inside a seek point's window: rapidgzip would decompress other bytes from it
+    points.write_bytes(bytes(data))
+    again = GzipSource(_slice(big_gz), store, key)
+    for off in (len(PAYLOAD) // 2, len(PAYLOAD) - 5000, 3 << 20):
+        assert again.pread(off, 5000) == PAYLOAD[off:off + 5000]
+    assert len(warnings) == 1 and "rebuilding" in warnings[0]
+    again.close()

@@ -16,8 +16,9 @@ import pytest
 import zstandard
 
 from imgfs.errors import FormatError, ImgfsError, TruncatedError
-from imgfs.tarindex import FileSource, SliceSource, Source, open_maybe_compressed, scan
+from imgfs.tarindex import FileSource, SliceSource, Source, scan
 from imgfs.tarindex.compressed import open_stream
+from imgfs.tarindex.source import SpoolSource, check_source, close_source, local_file, rereads_cheaply
 from imgfs.tarindex.store import Store
 from tarmaker import BytesSource, F, index_of, tar_of
 
@@ -29,9 +30,9 @@ Opener = Callable[[bytes], tuple[Source, "str | None"]]
 
 @pytest.fixture(params=["spool", "stream"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """Both ways the engine serves compressed bytes: the plain spool, and open_stream (rapidgzip, cached zstd)."""
+    """Both ways the engine serves compressed bytes: a private spool (no cache), and the cache's (cached zstd)."""
     if request.param == "spool":
-        return lambda blob: open_maybe_compressed(BytesSource(blob))
+        return lambda blob: open_stream(BytesSource(blob))
     store = Store(tmp_path / "cache")
     keys = iter(range(1000))
     return lambda blob: open_stream(BytesSource(blob), store, f"test:{next(keys)}")
@@ -103,6 +104,7 @@ _CUT_GZIP = """
 import gzip, random, sys
 from imgfs.errors import ImgfsError
 from imgfs.tarindex.compressed import open_stream
+from imgfs.tarindex.source import SpoolSource, check_source, close_source, local_file, rereads_cheaply
 from imgfs.tarindex.source import SliceSource, FileSource
 payload = random.Random(5).randbytes(300_000) + b"text " * 50_000
 blob = gzip.compress(payload)
@@ -197,7 +199,88 @@ def test_file_source_missing_file_is_a_format_error(tmp_path: Path) -> None:
 def test_spool_leaves_no_temporary_file(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    src, kind = open_maybe_compressed(BytesSource(gzip.compress(PAYLOAD)), spool_dir=str(spool))
+    src = SpoolSource(BytesSource(gzip.compress(PAYLOAD)), "gzip", spool_dir=str(spool))
     assert src.pread(0, 10) == PAYLOAD[:10]
     assert os.listdir(spool) == []  # unlinked at once: nothing to clean up after a crash
     src.close()  # type: ignore[attr-defined]
+
+
+class _Bare:
+    """A source with only what the protocol requires: size and pread (a new kind of source starts so)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size = data, len(data)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.size:
+            raise TruncatedError("past the end")
+        return self.data[offset:offset + length]
+
+
+def test_the_optional_capabilities_have_defaults_for_a_bare_source() -> None:
+    tar = tar_of([F("a", b"x" * 700), F("b", b"y")])
+    bare = _Bare(tar)
+    assert local_file(bare) is None and rereads_cheaply(bare)
+    check_source(bare)  # cannot tell: a no-op
+    close_source(bare)  # nothing to close: a no-op
+    assert scan(bare).names == index_of(tar).names
+    inner = SliceSource(SliceSource(bare, 10, 100), 5, 20)
+    assert local_file(inner) is None and rereads_cheaply(inner)
+
+
+def test_local_file_walks_down_nested_slices_once(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(PAYLOAD)
+    f = FileSource(path)
+    try:
+        inner = SliceSource(SliceSource(f, 1000, 50_000), 300, 2000)
+        assert local_file(inner) == (f, 1300) and local_file(f) == (f, 0)
+        plain, _ = open_stream(SliceSource(f, 0, f.size))
+        assert local_file(plain) == (f, 0)  # not compressed: the file itself
+        gz, _ = open_stream(BytesSource(gzip.compress(PAYLOAD)))
+        assert local_file(gz) is None and not rereads_cheaply(gz)  # its bytes are not a file's: decompressed
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("change", ["rewrite-same-size-mtime-restored", "truncate", "append"])
+def test_a_file_changed_in_place_is_noticed_by_its_source(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(PAYLOAD)
+    src = FileSource(path)
+    try:
+        first = src.identity
+        assert src.pread(0, 10) == PAYLOAD[:10]
+        st = path.stat()
+        with open(path, "r+b") as fh:
+            if change == "truncate":
+                fh.truncate(len(PAYLOAD) - 1)
+            elif change == "append":
+                fh.seek(0, 2)
+                fh.write(b"more")
+            else:
+                fh.write(b"X" * 10)
+        if change.startswith("rewrite"):
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p and rsync -t leave it
+        with pytest.raises(ImgfsError, match="changed since it was opened"):
+            src.check()
+        with pytest.raises(ImgfsError, match="changed since it was opened"):
+            src.pread(100, 10)
+        again = FileSource(path)
+        assert again.identity != first  # a cache key made from it names another file
+        again.close()
+    finally:
+        src.close()
+
+
+def test_a_deleted_or_renamed_over_file_is_no_change(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(PAYLOAD)
+    src = FileSource(path)
+    try:
+        (tmp_path / "other").write_bytes(b"other")
+        os.replace(tmp_path / "other", path)  # the opened file loses its name: its bytes stay as they were
+        src.check()
+        assert src.pread(5, 10) == PAYLOAD[5:15]
+    finally:
+        src.close()

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 import imgfs
 from conftest import IMAGES
 from imgfs.tarindex import FileSource, scan
-from imgfs.tarindex.store import MAGIC, Store, dump_index, load_index, looks_right
+from imgfs.tarindex.store import MAGIC, CacheDamage, Store, dump_index, load_index, looks_right
 from truthlib import listing_from_tree
 
 SEED = IMAGES / "seed.docker-oci.tar"
@@ -67,7 +68,7 @@ def test_index_files_of_an_earlier_format_are_rebuilt_without_a_warning(tmp_path
     warnings: list[str] = []
     assert _listing(tmp_path / "seed.tar", cache_dir=cache, warn=warnings.append) == want
     assert warnings == []
-    assert all(f.read_bytes()[:8] == MAGIC for f in files if f.exists())  # written again in this format
+    assert all(MAGIC in f.read_bytes()[:64] for f in files if f.exists())  # written again in this format
 
 
 def test_an_index_that_does_not_fit_the_stream_is_refused() -> None:
@@ -97,8 +98,8 @@ def test_full_disk_is_like_an_unwritable_cache(tmp_path: Path) -> None:
         with open("/dev/full", "wb") as full:
             full.write(b"x" * 65536)
 
-    assert store.write_with("idx", "k", ".idx", to_full_disk) is None
-    assert store.write_with("idx", "k2", ".idx", lambda fh: fh.write(b"x")) is None  # off after the first failure
+    assert store.write_with("idx", "k", ".idx", to_full_disk) is False
+    assert store.write_with("idx", "k2", ".idx", lambda fh: fh.write(b"x")) is False  # off after the first failure
     assert len(warnings) == 1 and "No space" in warnings[0]
     assert list((tmp_path / "c").rglob("*.idx")) == [] and list((tmp_path / "c").rglob(".tmp-*")) == []
 
@@ -150,3 +151,83 @@ def test_scan_of_a_cached_spool_is_the_same(tmp_path: Path) -> None:
     spools = list(tmp_path.rglob("*.tar"))
     assert spools, "zstd layers are decompressed into the cache"
     assert any(list(scan(FileSource(p)).names) == names for p in spools)
+
+
+def _snapshot(top: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(top)): p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["v1", "v1/idx"])
+def test_a_symlink_in_the_cache_is_never_followed_to_read_write_or_delete(tmp_path: Path, where: str) -> None:
+    victim = tmp_path / "victim"
+    for kind in ("", "idx", "shared", "ptr"):
+        (victim / kind).mkdir(parents=True, exist_ok=True)
+        for n in range(3):
+            (victim / kind / f"file{n}.idx").write_bytes(b"precious %d" % n)
+    before = _snapshot(victim)
+    cache = tmp_path / "cache"
+    link = cache / where
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim if where == "v1" else victim / "idx")
+    warnings: list[str] = []
+    store = Store(cache, max_bytes=1, warn=warnings.append)  # every write is over the bound: it evicts
+    store.write("idx", "k", ".idx", b"x" * 100)
+    store.evict()
+    assert store.read("idx", "k", ".idx") is None
+    store.clear()
+    assert _snapshot(victim) == before
+    assert link.is_symlink() or not link.exists()  # at most the link itself is gone
+    assert len(warnings) <= 1 and all("cannot be written" in w for w in warnings)
+
+
+def test_a_cache_file_linked_elsewhere_is_removed_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    store = Store(tmp_path / "cache")
+    store.write("idx", "k", ".idx", b"data")
+    p = store.path("idx", "k", ".idx")
+    p.unlink()
+    p.symlink_to(victim)
+    with pytest.raises(CacheDamage):
+        store.read("idx", "k", ".idx")
+    assert store.files() == []  # a link is no cache file
+    store.clear()
+    assert victim.read_bytes() == b"precious" and not p.is_symlink()
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dev-zero", "huge"])
+def test_special_or_huge_cache_files_are_rebuilt_without_hanging(tmp_path: Path, plant: str) -> None:
+    shutil.copy(SEED, tmp_path / "seed.tar")
+    cache = tmp_path / "cache"
+    want = _listing(tmp_path / "seed.tar", use_cache=False)
+    assert _listing(tmp_path / "seed.tar", cache_dir=cache) == want
+    files = sorted(p for kind in ("shared", "ptr") for p in (cache / "v1" / kind).glob("*"))
+    assert files
+    for f in files:
+        f.unlink()
+        if plant == "fifo":
+            os.mkfifo(f)  # an open for reading would block until a writer comes: forever
+        elif plant == "dev-zero":
+            f.symlink_to("/dev/zero")  # endless zeros
+        else:
+            with open(f, "wb") as fh:
+                fh.truncate(64 << 30)  # sparse: 64 GiB of zeros, past any bound
+    warnings: list[str] = []
+    got: list[dict] = []
+    t = threading.Thread(target=lambda: got.append(_listing(tmp_path / "seed.tar", cache_dir=cache,
+                                                            warn=warnings.append)), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "reading the cache hangs"
+    assert got == [want]
+    assert warnings and all("rebuilding" in w for w in warnings)
+    assert all(f.is_file() and f.stat().st_size < 1 << 20 for f in files)  # rebuilt as regular files
+
+
+def test_warn_once_says_each_message_once(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    store = Store(tmp_path, warn=warnings.append)
+    for _ in range(3):
+        store.warn_once("a")
+        store.warn_once("b")
+    assert warnings == ["a", "b"]

@@ -30,7 +30,8 @@ class TarballStore:
         if self.file.size == 0:
             self.file.close()
             raise FormatError("is empty, not an image archive")
-        # Seek points of a whole-archive gzip depend on this very file: key them by its identity.
+        # Seek points of a whole-archive gzip depend on this very file: key them by its identity (device,
+        # inode, size, mtime, ctime, a hash of its first and last blocks).
         self.identity = f"file:{os.path.abspath(path)}:" + ":".join(map(str, self.file.identity))
 
         def report(what: str) -> Callable[[int, int], None] | None:

@@ -2,7 +2,8 @@
 
 rapidgzip aborts the whole process (std::terminate) on some damaged streams; a mount must not die of a
 bad layer, so the one pass that meets unknown data runs here, and a crash only fails that layer.
-Usage: python -m imgfs.tarindex.gzpass PATH OFFSET LENGTH OUT  ->  'P done total' lines, then 'S size'
+Started by compressed.py as `python -I -c ... PATHS FD OFFSET LENGTH OUT` (never `-m`: that would put the
+working directory first on sys.path) -> 'P done total' lines, then 'S size'.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    """Decompress the window once, write the seek points to OUT and print the uncompressed size."""
+    """Decompress the window of the inherited descriptor once, write the seek points to OUT, print the size."""
     import rapidgzip
 
     from .source import FileSource, SliceSource, SourceFile
@@ -20,8 +21,8 @@ def main(argv: list[str]) -> int:
     def report(done: int, total: int) -> None:  # progress for the parent, which relays it
         print(f"P {done} {total}", flush=True)
 
-    path, base, length, out = argv[0], int(argv[1]), int(argv[2]), argv[3]
-    window = SourceFile(SliceSource(FileSource(path), base, length), report)
+    fd, base, length, out = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
+    window = SourceFile(SliceSource(FileSource(f"descriptor {fd}", fd=fd), base, length), report)
     f = rapidgzip.RapidgzipFile(window, parallelization=os.cpu_count() or 1)
     try:
         f.seek(0, 2)
@@ -34,9 +35,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The child's entry: sys.argv is ['-c', PATHS, FD, OFFSET, LENGTH, OUT]; exit 1 on any failure."""
     try:
-        sys.exit(main(sys.argv[1:]))
+        sys.exit(main(sys.argv[2:]))
     except Exception as e:  # noqa: BLE001 - the parent only needs to know that the pass failed
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from ..errors import FormatError, NotFoundError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, KIND_NAMES, MAX_LINK_HOPS, SYMLINK, MemberIndex
-from ..tarindex.source import FileSource, SliceSource, Source
+from ..tarindex.source import Source, local_file
 from .refs import MASK, SHIFT
 
 ROOT_INO = 1
@@ -356,13 +356,10 @@ class Tree:
         idx, src = self.indexes[li], self.sources[li]
         if idx is None or i in idx.broken or i in idx.sparse:
             return None
-        base = idx.offsets[i]
-        while isinstance(src, SliceSource):
-            base += src.base
-            src = src.parent
-        if not isinstance(src, FileSource) or src.fd < 0:
+        at = local_file(src) if src is not None else None
+        if at is None or at[0].fd < 0:
             return None
-        return src.fd, base, idx.sizes[i]
+        return at[0].fd, at[1] + idx.offsets[i], idx.sizes[i]
 
     def xattrs(self, ref: int) -> dict[str, bytes]:
         """Extended attributes recorded for a member (PAX SCHILY/LIBARCHIVE)."""
