@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.clihelp import docker_archive, run
+from clihelp import docker_archive, run
 from imgfs import open_archive
 from imgfs.extract import extract, safe_parts
 from imgfs.tree import Tree

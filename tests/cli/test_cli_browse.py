@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from cli.clihelp import assert_one_line_error, run
+from clihelp import assert_one_line_error, run
 from conftest import IMAGES, truth_index
 from truthlib import load_truth
 

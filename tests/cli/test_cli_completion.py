@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.clihelp import CACHE, run
+from clihelp import CACHE, run
 from conftest import IMAGES
 from imgfs.cli import build_parser
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cli.clihelp import assert_one_line_error, docker_archive, run
+from clihelp import assert_one_line_error, docker_archive, run
 from conftest import IMAGES
 from imgfs.cli import commands
 from tarmaker import D, F, tar_of
