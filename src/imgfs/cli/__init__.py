@@ -17,7 +17,10 @@ from .output import Ui
 OUTPUT_NOTES = """\
 output: data goes to stdout, messages to stderr. Listings are tab-separated lines without a header
 when stdout is not a terminal (for cut/awk; sizes in bytes); on a terminal the columns are aligned,
-with a header and human-readable sizes. Control characters in names are shown as \\t, \\n, \\xNN.
+with a header and human-readable sizes, cut to the terminal's width. Control characters and bytes that
+are not UTF-8 in names are shown as \\t, \\n, \\xNN. JSON is lossless: a name that is UTF-8 is its
+text ("path": "/a\\nb"); one that is not comes with its exact bytes in base64 beside it ("path_b64",
+"name_b64", "linkname_b64"), and its text shows U+FFFD for the bytes that are not UTF-8.
 exit status: 0 ok, 1 a data problem (unreadable archive, path not found, an --image/--layer choice
 that matches nothing or too much), 2 a usage error, 130 interrupted, 141 output pipe closed."""
 
@@ -121,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("diff", "show what each layer adds, modifies and deletes", [base, layer, as_json], commands.diff,
             "Each layer is compared with the merged layers below it: whiteouts and opaque directories show as\n"
             "deletions of what they hide. Lines: LAYER<TAB>A|M|D<TAB>TYPE (old->new if it changed)<TAB>\n"
-            "SIZE CHANGE<TAB>PATH. Directories and symlinks written again unchanged are not listed. Per-layer\n"
-            "totals (files and bytes written, bytes wasted, counts) head each layer on a terminal, are in\n"
-            "--json, and are columns of `imgfs layers`.")
+            "SIZE CHANGE<TAB>WHAT<TAB>PATH. WHAT, for M, lists what changed: type, content (the size, or the\n"
+            "bytes, read from both layers), target, device, mode, owner, mtime, xattrs; '-' for a file written\n"
+            "again exactly as it was (and for A and D). Directories and other non-files written again\n"
+            "unchanged are not listed. Per-layer totals (files and bytes written, bytes wasted, counts)\n"
+            "head each layer on a terminal, are in --json, and are columns of `imgfs layers`.")
     p = add("ls", "list a directory of the merged root filesystem, or of one layer", [base, layer, as_json],
             browse.ls, "With -l columns: mode, uid, gid, size (major,minor for devices), mtime (UTC), "
                          "name (-> target for symlinks).")
@@ -134,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Prints LAYER<TAB>PATH for each hit: every layer bottom to top, then the merged view (labelled\n"
             "'merged'). With --json: JSON Lines, one object per hit. Globs are case-sensitive, as in find(1).")
     p.add_argument("--name", metavar="GLOB", help="match the last path component (e.g. 'trace.log', '*.so')")
-    p.add_argument("--path", metavar="GLOB", help="match the whole path, starting with '/'")
+    p.add_argument("--path", metavar="GLOB", help="match the whole path, which starts with '/' ('app/*' is "
+                                                  "taken from the root, as '/app/*')")
     p.add_argument("--type", choices=["f", "d", "l", "c", "b", "p"], help="file, dir, symlink, char, block, fifo")
     p = add("cat", "write a file's bytes to stdout (symlinks followed inside the image)", [base, layer],
             browse.cat)
