@@ -170,7 +170,7 @@ class Terminal:
             now = self.screen()
             if now != last or self.busy():
                 last, since = now, time.monotonic()
-            elif ok(now) and time.monotonic() - since > 0.4:
+            elif ok(now) and time.monotonic() - since > 0.3:
                 return now
             time.sleep(0.1)
         raise AssertionError(f"the terminal never settled:\n{last}")
