@@ -135,7 +135,7 @@ class Terminal:
     """A shell in a tmux pane 200 columns wide: type, press Tab, read the screen."""
 
     def __init__(self, shell: str, folder: Path) -> None:
-        self.socket = f"imgfs-test-{os.getpid()}-{shell}"
+        self.socket = str(folder / "tmux")  # a socket in the test's folder: nothing is left behind in /tmp/tmux-*
         script = _script(shell, folder)
         env = {"PATH": f"{Path(PROG).parent}:/usr/bin:/bin", "HOME": str(folder), "IMGFS_CACHE_DIR": CACHE,
                "TERM": "xterm", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "ZDOTDIR": str(folder)}
@@ -151,7 +151,7 @@ class Terminal:
         self.wait_for(lambda screen: screen.rstrip().endswith(PROMPT.rstrip()))
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True,
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout
 
     def screen(self) -> str:
@@ -199,7 +199,7 @@ class Terminal:
         return [line for line in screen.splitlines() if line.strip() and not line.startswith(PROMPT)]
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False, timeout=30)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, check=False, timeout=30)
 
 
 @pytest.fixture(scope="module", params=["bash", "zsh"])
