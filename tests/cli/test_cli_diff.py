@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from clihelp import docker_archive, run
+from clihelp import docker_archive, run, run_on_terminal
 from conftest import IMAGES, TRUTH, archives, truth_index
 from tarmaker import F, S, tar_of
 from truthlib import load_truth
@@ -141,3 +141,9 @@ def test_diff_tells_content_mtime_target_and_xattrs_apart(capsysbinary, tmp_path
         ["M", "file", "+0", "xattrs", "/attrs"], ["M", "file", "+2", "content", "/grows"],
         ["M", "symlink", "+0", "target", "/link"], ["M", "file", "+0", "content", "/same-size"],
         ["M", "file", "+0", "mtime", "/touched"]]
+
+
+def test_counts_on_a_terminal_read_as_english():
+    rc, lines = run_on_terminal(["diff", str(WHITEOUT), "--layer", "-1"], columns=200)
+    assert rc == 0
+    assert lines[0].endswith(": 1 file, 7 written, 0 wasted; 1 added, 0 modified, 0 deleted"), lines[0]
