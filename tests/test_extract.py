@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tarmaker
-from cli.clihelp import docker_archive, run
+from clihelp import docker_archive, run
 from imgfs import open_archive
 from imgfs.extract import extract, safe_parts
 from imgfs.tree import Tree

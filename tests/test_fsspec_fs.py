@@ -7,6 +7,7 @@ import hashlib
 import fsspec
 import pytest
 
+import imgfs
 from conftest import IMAGES
 from truthlib import load_truth
 
@@ -63,3 +64,22 @@ def test_read_only_and_missing(fs) -> None:
         fs.info("/no/such")
     with pytest.raises(FileNotFoundError):
         fs.cat("/no/such")
+
+
+@pytest.mark.parametrize("start", [None, 0, 1, 4, 6, 9, -1, -4, -6, -9])
+@pytest.mark.parametrize("end", [None, 0, 2, 5, 6, 9, -1, -3, -6, -9])
+def test_cat_file_ranges_are_python_slices(fs, start, end) -> None:
+    # fsspec: "start, end: bytes limits of the read; if negative, backwards from end, like usual python slices"
+    assert fs.cat_file("/app/trace.log", start=start, end=end) == b"trace\n"[start:end]
+
+
+def test_cat_file_of_a_directory_or_nothing(fs) -> None:
+    with pytest.raises(IsADirectoryError):
+        fs.cat_file("/app", start=-1)
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file("/nope", end=-1)
+
+
+def test_a_layer_that_matches_nothing_is_said_in_library_words(tmp_path) -> None:
+    with pytest.raises(imgfs.SelectionError, match="^layer 'no such step' matches no layer"):
+        fsspec.filesystem("imgfs", fo=SEED, layer="no such step", cache_dir=tmp_path, skip_instance_cache=True)

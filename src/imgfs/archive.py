@@ -239,8 +239,8 @@ class Image:
                 return layers[n - 1]
             if -len(layers) <= n <= -1:
                 return layers[n]
-            raise SelectionError(
-                f"--layer {sel}: the image has {len(layers)} layers (1..{len(layers)}, or -1 for the top)")
+            raise SelectionError("{layer} {sel}: the image has {n} layer{s} (1..{n}, or -1 for the top)",
+                                 sel=sel, n=len(layers), s="" if len(layers) == 1 else "s")
         s = sel.removeprefix("sha256:")
         hits = []
         if len(s) >= 4 and all(c in "0123456789abcdef" for c in s):
@@ -254,8 +254,8 @@ class Image:
             return hits[0]
         listing = "; ".join(la.name for la in (hits or layers))
         if not hits:
-            raise SelectionError(f"--layer {sel!r} matches no layer; layers: {listing}")
-        raise SelectionError(f"--layer {sel!r} matches {len(hits)} layers: {listing}")
+            raise SelectionError("{layer} {sel!r} matches no layer; layers: {listing}", sel=sel, listing=listing)
+        raise SelectionError("{layer} {sel!r} matches {n} layers: {listing}", sel=sel, n=len(hits), listing=listing)
 
     def __repr__(self) -> str:
         return f"<Image {self.label!r} {self.platform or ''}>"
@@ -350,7 +350,7 @@ class Archive:
             return self._indexes.setdefault(member, idx)
 
     def select(self, ref: str | None = None, platform: str | None = None) -> list[Image]:
-        """Images matching a ref and a platform (host platform preferred among variants).
+        """Images matching a ref and a platform (the host's preferred among variants of one ref).
 
         Without a ref, the image the store's name picked (`oci:DIR:tag`), if it picked one.
         """
@@ -365,9 +365,8 @@ class Archive:
             return chosen[0]
         if not chosen:
             raise SelectionError(f"{self.path}: the archive holds no image")
-        raise SelectionError(
-            f"the archive holds {len(chosen)} images, choose one with --image: "
-            + ", ".join(i.label + (f" [{i.platform}]" if i.platform else "") for i in chosen))
+        raise SelectionError("the archive holds {n} images, choose one by {image}: {listing}", n=len(chosen),
+                             listing=", ".join(i.label + (f" [{i.platform}]" if i.platform else "") for i in chosen))
 
     def close(self) -> None:
         """Release file descriptors and decompressed copies."""

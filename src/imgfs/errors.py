@@ -24,7 +24,21 @@ class UsageError(ImgfsError):
 
 
 class SelectionError(ImgfsError):
-    """An --image, --platform or --layer choice matches nothing or too much."""
+    """An image, platform or layer choice matches nothing or too much.
+
+    Made from a template whose `{image}`, `{platform}` or `{layer}` names the choice at fault: the message
+    says it in the library's words; `worded(names)` says it with other names (the CLI's: `--layer`).
+    """
+
+    WORDS = {"image": "image ref", "platform": "platform", "layer": "layer"}
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template, self.values = template, values
+        super().__init__(self.worded(self.WORDS))
+
+    def worded(self, names: dict[str, str]) -> str:
+        """The message, each choice named as `names` says (the template alone, if no values were given)."""
+        return self.template.format_map(names | self.values) if self.values else self.template
 
 
 class NotFoundError(ImgfsError):

@@ -31,8 +31,9 @@ class _Member:
 class ImgfsFileSystem(AbstractFileSystem):
     """Read-only fsspec filesystem over an image archive.
 
-    Storage options: fo (the archive path, required), image, platform (as the CLI's --image/--platform),
-    layer (a --layer selector: browse that layer instead of the merged root), and open_archive's keywords.
+    Storage options: fo (the archive path, required), image (a ref: tag, name or digest prefix), platform,
+    layer (browse that layer instead of the merged root: a 1-based index, negative from the top, a digest
+    prefix or a piece of its command), and open_archive's keywords.
     """
 
     protocol = "imgfs"
@@ -90,9 +91,8 @@ class ImgfsFileSystem(AbstractFileSystem):
             out = [self._info(c, self.tree.nodes[c]) for c in self.tree.child_paths(key)]
         return out if detail else [o["name"] for o in out]
 
-    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> io.BufferedReader:
-        if mode != "rb":
-            raise PermissionError("imgfs is read-only")
+    def _file(self, path: str) -> tuple[int, int]:
+        """(ref, size) of the regular file `path` leads to, symlinks followed inside the image."""
         key = self.tree.resolve(self._key(path))
         ref = self.tree.nodes.get(key) if key is not None else None
         if ref is None:
@@ -100,13 +100,19 @@ class ImgfsFileSystem(AbstractFileSystem):
         e = self.tree.entry_for(key, ref)  # type: ignore[arg-type]
         if e.kind != "file":
             raise IsADirectoryError(path) if e.kind == "dir" else OSError(f"{path}: not a regular file")
-        return io.BufferedReader(SourceFile(_Member(self.tree, ref, e.size)), buffer_size=1 << 20)
+        return ref, e.size
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> io.BufferedReader:
+        if mode != "rb":
+            raise PermissionError("imgfs is read-only")
+        ref, size = self._file(path)
+        return io.BufferedReader(SourceFile(_Member(self.tree, ref, size)), buffer_size=1 << 20)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-        """A file's bytes (or a range of them)."""
-        with self._open(path) as fh:
-            if start:
-                fh.seek(start if start >= 0 else max(0, fh.raw.size + start))  # type: ignore[attr-defined]
-            data = fh.read() if end is None else fh.read(max(0, (end if end >= 0 else fh.raw.size + end)  # type: ignore
-                                                              - fh.tell()))
-        return data
+        """A file's bytes, or bytes[start:end] of them (negative counts from the end, as in a slice)."""
+        ref, size = self._file(path)
+        lo, hi, _ = slice(start, end).indices(size)
+        try:
+            return self.tree.read(ref, lo, hi - lo) if hi > lo else b""
+        except ImgfsError as e:
+            raise OSError(str(e)) from None

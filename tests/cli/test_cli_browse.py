@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import tarfile
 
 import pytest
 
-from cli.clihelp import assert_one_line_error, run
+from clihelp import assert_one_line_error, docker_archive, run
 from conftest import IMAGES, truth_index
+from tarmaker import F, S, tar_of
 from truthlib import load_truth
 
 SEED = IMAGES / "seed.docker-oci.tar"
@@ -33,7 +37,7 @@ def test_find_layer_only_and_json_lines(capsysbinary):
     res = run(capsysbinary, "find", SEED, "--name", "*.toml", "--layer", "COPY")
     assert res.lines == ["3 COPY ctx\u2215 \u2215app\u2215\t/app/conf/app.toml"]
     res = run(capsysbinary, "find", SEED, "--path", "/app/*", "--type", "l", "--json")
-    hits = [__import__("json").loads(line) for line in res.lines]
+    hits = [json.loads(line) for line in res.lines]
     assert [(h["layer"], h["number"], h["path"], h["type"], h["linkname"]) for h in hits] == [
         ("3 COPY ctx\u2215 \u2215app\u2215", 3, "/app/config-link", "symlink", "conf/app.toml"),
         ("merged", None, "/app/config-link", "symlink", "conf/app.toml")]
@@ -152,3 +156,39 @@ def test_ls_long_special_modes(capsysbinary):
     assert rows["empty"] == ["-rw-r-----", "12345", "54321", "0"]
     assert rows["random.bin"][3] == "2097152"
     assert_one_line_error(run(capsysbinary, "cat", IMAGES / "meta.docker-oci.tar", "/opt/meta/fifo"), "fifo")
+
+
+def _names_archive(tmp_path):
+    layer = tar_of([F("d/bad\udcff.txt", b"1"), F("d/back\\xff.txt", b"2"), F("d/new\nline", b"3"),
+                    F("d/caf\u00e9", b"4"), S("d/link", "to\udcfe")], fmt=tarfile.GNU_FORMAT)
+    return docker_archive(tmp_path / "names.tar", [layer])
+
+
+def test_json_names_are_lossless(capsysbinary, tmp_path):
+    archive = _names_archive(tmp_path)
+    entries = {e["name"]: e for e in run(capsysbinary, "ls", archive, "/d", "--json").json()["entries"]}
+    bad = entries["bad\ufffd.txt"]  # the text, for people; the bytes, exactly, for programs
+    assert base64.b64decode(bad["name_b64"]) == b"bad\xff.txt"
+    assert base64.b64decode(bad["path_b64"]) == b"/d/bad\xff.txt"
+    real = entries["back\\xff.txt"]  # a real backslash is text, and nothing says otherwise
+    assert real["path"] == "/d/back\\xff.txt" and "path_b64" not in real and "name_b64" not in real
+    assert entries["new\nline"]["path"] == "/d/new\nline" and entries["caf\u00e9"]["path"] == "/d/caf\u00e9"
+    assert base64.b64decode(entries["link"]["linkname_b64"]) == b"to\xfe"
+    hits = [json.loads(line) for line in run(capsysbinary, "find", archive, "--name", "bad*", "--json").lines]
+    assert [base64.b64decode(h["path_b64"]) for h in hits] == [b"/d/bad\xff.txt"] * 2
+    changes = run(capsysbinary, "diff", archive, "--json").json()["layers"][0]["changes"]
+    assert sorted(base64.b64decode(c["path_b64"]) for c in changes if "path_b64" in c) == [b"/d/bad\xff.txt"]
+    # the tab-separated form stays one line a name, escaped for display
+    assert run(capsysbinary, "ls", archive, "/d").lines == [
+        "back\\xff.txt", "bad\\xff.txt", "caf\u00e9", "link", "new\\nline"]
+
+
+def test_find_relative_path_pattern_starts_at_the_root(capsysbinary):
+    rel = run(capsysbinary, "find", SEED, "--path", "app/*", "--type", "f")
+    assert rel.rc == 0 and rel.lines == run(capsysbinary, "find", SEED, "--path", "/app/*", "--type", "f").lines
+    assert "merged\t/app/trace.log" in rel.lines
+    assert run(capsysbinary, "find", SEED, "--path", "trace.log").lines == []  # a whole path, not a name
+
+
+def test_cat_of_a_directory_names_it(capsysbinary):
+    assert_one_line_error(run(capsysbinary, "cat", SEED, "/"), "imgfs: /: is a directory")

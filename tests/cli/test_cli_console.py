@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pty
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.clihelp import CACHE
+from clihelp import CACHE, run, run_on_terminal
 from conftest import IMAGES
 
 SEED = str(IMAGES / "seed.docker-oci.tar")
@@ -63,26 +62,35 @@ def test_output_pipe_closed_early_exits_quietly():
 
 def test_terminal_gets_header_and_aligned_columns():
     """On a TTY: a header line, aligned columns and human sizes; the plain form is tested elsewhere."""
-    pid, fd = pty.fork()
-    if pid == 0:  # child: stdout and stderr are the pty
-        os.execve(sys.executable, [sys.executable, "-m", "imgfs", "layers", SEED], ENV)
-    chunks = []
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    lines = b"".join(chunks).decode().splitlines()
+    rc, lines = run_on_terminal(["layers", SEED], columns=250)
+    assert rc == 0
     assert lines[0].split() == ["#", "NAME", "DIGEST", "SIZE", "ENTRIES", "FILES", "BYTES", "WASTED",
-                                 "CREATED", "COMMAND"]
+                                "CREATED", "COMMAND"]
     assert "\t" not in "".join(lines)
     assert lines[1].startswith("1  1 Imported from -") and " 2.0M " in lines[1] and "d7757ec0e982 " in lines[1]
     assert lines[4].index("ab33c891bd44") == lines[1].index("d7757ec0e982")
+
+
+@pytest.mark.parametrize("columns", [60, 80, 120, 250])
+def test_layers_on_a_terminal_fits_its_width(columns):
+    # whiteout's history commands run to ~300 characters: the command gives way first, then the name
+    rc, lines = run_on_terminal(["layers", str(IMAGES / "whiteout.docker-oci.tar")], columns=columns)
+    assert rc == 0 and len(lines) == 7
+    assert max(len(line) for line in lines) <= columns
+    assert all(line.split()[0] == str(n) for n, line in enumerate(lines[1:], 1))
+    assert "\u2026" in lines[2]  # a cut cell says so
+    assert ("COMMAND" in lines[0]) == (columns == 250)
+    assert ("DIGEST" in lines[0]) == (columns >= 80)
+
+
+def test_ls_long_on_a_terminal_prints_human_sizes(capsysbinary):
+    rc, lines = run_on_terminal(["ls", "-l", SEED, "/bin"], columns=100)
+    assert rc == 0 and lines[0].split() == ["MODE", "UID", "GID", "SIZE", "MTIME", "NAME"]
+    busybox = next(line.split() for line in lines if line.endswith(" busybox"))
+    assert busybox[3] == "1.9M"
+    piped = next(line.split("\t") for line in run(capsysbinary, "ls", "-l", SEED, "/bin").lines
+                 if line.endswith("\tbusybox"))
+    assert piped[3] == "1982256"  # a pipe gets the exact count
 
 
 @pytest.mark.skipif(SCRIPT is None, reason="imgfs console script not installed")

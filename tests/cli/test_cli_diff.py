@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from cli.clihelp import run
+from clihelp import docker_archive, run, run_on_terminal
 from conftest import IMAGES, TRUTH, archives, truth_index
+from tarmaker import F, S, tar_of
 from truthlib import load_truth
 
 WHITEOUT = IMAGES / "whiteout.docker-oci.tar"
@@ -63,7 +64,7 @@ def test_whiteout_deletions_and_type_changes(capsysbinary):
     res = run(capsysbinary, "diff", WHITEOUT)
     rows = [line.split("\t") for line in res.lines]
     by_layer: dict[str, list[tuple[str, str, str, str]]] = {}
-    for name, code, kind, size, path in rows:
+    for name, code, kind, size, _, path in rows:
         by_layer.setdefault(name.split()[0], []).append((code, kind, size, path))
     assert ("D", "symlink", "+0", "/bin/vi") in by_layer["3"]
     assert ("D", "file", "-39", "/etc/group") in by_layer["3"]
@@ -99,12 +100,50 @@ def test_diff_one_layer_and_its_totals(capsysbinary):
 
 def test_diff_hard_link_copy_up(capsysbinary):
     res = run(capsysbinary, "diff", IMAGES / "links.docker-oci.tar", "--layer", "-1")
-    rows = {line.split("\t")[4]: line.split("\t")[1:4] for line in res.lines}
-    assert rows["/srv/hl-to-lower"] == ["A", "file", "+9"]
-    assert rows["/srv/data/orig.txt"] == ["M", "file", "+0"]  # copied up into the linking layer
+    rows = {line.split("\t")[5]: line.split("\t")[1:5] for line in res.lines}
+    assert rows["/srv/hl-to-lower"] == ["A", "file", "+9", "-"]
+    assert rows["/srv/data/orig.txt"] == ["M", "file", "+0", "-"]  # copied up into the linking layer, as it was
 
 
 def test_layers_names_only(capsysbinary):
     res = run(capsysbinary, "layers", IMAGES / "seed.docker-oci.tar", "--names")
     assert res.lines == ["1 Imported from -", "2 WORKDIR \u2215app", "3 COPY ctx\u2215 \u2215app\u2215",
                          "4 RUN sh -c 'echo trace > \u2215app\u2215trace.log'"]
+
+
+def test_a_chmod_or_chown_says_what_changed(capsysbinary):
+    res = run(capsysbinary, "diff", IMAGES / "meta.docker-oci.tar", "--layer", "chmod 4755")
+    rows = {line.split("\t")[5]: line.split("\t")[1:5] for line in res.lines}
+    assert rows["/opt/meta/suid.sh"] == ["M", "file", "+0", "mode"]
+    assert rows["/opt/meta/random.bin"] == ["M", "file", "+0", "owner"]  # 2 MiB read on both sides: same bytes
+    assert rows["/opt/meta/empty"] == ["M", "file", "+0", "mode,owner"]
+    assert rows["/opt/meta/owned"] == ["M", "dir", "+0", "owner"]
+    doc = run(capsysbinary, "diff", IMAGES / "meta.docker-oci.tar", "--layer", "3", "--json").json()
+    by_path = {c["path"]: c for c in doc["layers"][0]["changes"]}
+    assert by_path["/opt/meta/emptydir"]["what"] == ["mode"]
+
+
+def _with_xattr(m, value: str):
+    m[0].pax_headers = {"SCHILY.xattr.user.k": value}
+    return m
+
+
+def test_diff_tells_content_mtime_target_and_xattrs_apart(capsysbinary, tmp_path):
+    lower = tar_of([F("same-size", b"aaaa", mtime=5), F("grows", b"a"), F("touched", b"t", mtime=1),
+                    S("link", "one"), _with_xattr(F("attrs", b"x"), "1"), F("again", b"same", mtime=3)])
+    upper = tar_of([F("same-size", b"bbbb", mtime=5), F("grows", b"abc"), F("touched", b"t", mtime=2),
+                    S("link", "two"), _with_xattr(F("attrs", b"x"), "2"), F("again", b"same", mtime=3)])
+    archive = docker_archive(tmp_path / "d.tar", [lower, upper])
+    res = run(capsysbinary, "diff", archive, "--layer", "2")
+    assert res.rc == 0, res.err
+    assert [line.split("\t")[1:] for line in res.lines] == [
+        ["M", "file", "+0", "-", "/again"],  # written again exactly as it was: still a change the layer stores
+        ["M", "file", "+0", "xattrs", "/attrs"], ["M", "file", "+2", "content", "/grows"],
+        ["M", "symlink", "+0", "target", "/link"], ["M", "file", "+0", "content", "/same-size"],
+        ["M", "file", "+0", "mtime", "/touched"]]
+
+
+def test_counts_on_a_terminal_read_as_english():
+    rc, lines = run_on_terminal(["diff", str(WHITEOUT), "--layer", "-1"], columns=200)
+    assert rc == 0
+    assert lines[0].endswith(": 1 file, 7 written, 0 wasted; 1 added, 0 modified, 0 deleted"), lines[0]

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cli.clihelp import assert_one_line_error, docker_archive, run
+from clihelp import assert_one_line_error, docker_archive, run
 from conftest import IMAGES
 from imgfs.cli import commands
 from tarmaker import D, F, tar_of
@@ -163,3 +163,10 @@ def test_quiet_silences_warnings_not_errors(capsysbinary, tmp_path):
     assert run(capsysbinary, "-q", "layers", path).err == ""
     assert run(capsysbinary, "layers", path, "-q").err == ""
     assert_one_line_error(run(capsysbinary, "cat", path, "/b", "--quiet", "--partial"), "/b")
+
+
+def test_a_short_history_is_counted_in_english(capsysbinary, tmp_path):
+    path = docker_archive(tmp_path / "short.tar", [tar_of([F("a", b"a")]), tar_of([F("b", b"b")])], history=["one"])
+    res = run(capsysbinary, "layers", path, "--names")
+    assert res.rc == 0
+    assert "history has 1 non-empty entry for 2 layers" in res.err, res.err

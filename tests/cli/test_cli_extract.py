@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cli.clihelp import assert_one_line_error, run
+from clihelp import assert_one_line_error, run
 from conftest import IMAGES, truth_index
 from truthlib import diff, listing_from_dir, load_truth
 
@@ -86,6 +86,7 @@ def test_extract_errors(capsysbinary, tmp_path):
     assert_one_line_error(run(capsysbinary, "extract", seed, "/nope", "-o", tmp_path / "x"), "/nope", "no such file")
     assert not (tmp_path / "x").exists()
     (tmp_path / "file").write_text("")
-    assert_one_line_error(run(capsysbinary, "extract", seed, "/app", "-o", tmp_path / "file"), "file")
+    assert_one_line_error(run(capsysbinary, "extract", seed, "/app", "-o", tmp_path / "file"),
+                          f"-o {tmp_path / 'file'}: exists and is not a directory", rc=2)
     res = run(capsysbinary, "extract", seed, "/app")
     assert res.rc == 2 and "-o" in res.err and "Traceback" not in res.err

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cli.clihelp import run
+from clihelp import run
 from conftest import IMAGES, TRUTH, archives
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from cli.clihelp import assert_one_line_error, run
+from clihelp import assert_one_line_error, run
 from conftest import IMAGES
 from truthlib import load_truth
 

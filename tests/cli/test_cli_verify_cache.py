@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from cli.clihelp import assert_one_line_error, run
+from clihelp import assert_one_line_error, run
 from conftest import IMAGES
 from imgfs.cli import main
 

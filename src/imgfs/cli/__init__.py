@@ -6,24 +6,59 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .. import __version__
-from ..errors import ImgfsError
+from ..errors import ImgfsError, SelectionError
 from . import browse, commands
 from .output import Ui
 
 OUTPUT_NOTES = """\
 output: data goes to stdout, messages to stderr. Listings are tab-separated lines without a header
 when stdout is not a terminal (for cut/awk; sizes in bytes); on a terminal the columns are aligned,
-with a header and human-readable sizes. Control characters in names are shown as \\t, \\n, \\xNN.
+with a header and human-readable sizes, cut to the terminal's width. Control characters and bytes that
+are not UTF-8 in names are shown as \\t, \\n, \\xNN. JSON is lossless: a name that is UTF-8 is its
+text ("path": "/a\\nb"); one that is not comes with its exact bytes in base64 beside it ("path_b64",
+"name_b64", "linkname_b64"), and its text shows U+FFFD for the bytes that are not UTF-8.
 exit status: 0 ok, 1 a data problem (unreadable archive, path not found, an --image/--layer choice
 that matches nothing or too much), 2 a usage error, 130 interrupted, 141 output pipe closed."""
 
+# How a SelectionError names each choice on the command line.
+FLAGS = {"image": "--image", "platform": "--platform", "layer": "--layer"}
 SELECT_HELP = "pick one image of a multi-image archive: tag, full name or digest prefix"
 LAYER_HELP = ("use one layer instead of the merged view: 1-based index (negative counts from the top), "
               "digest prefix, or a substring of its history command")
+
+
+class Parser(argparse.ArgumentParser):
+    """A subcommand's parser: options may come before, between or after its positional arguments.
+
+    Plain argparse fills an optional positional (`ls ARCHIVE [PATH]`) as soon as it meets the first one, so
+    `ls IMAGE -l /app` would leave `/app` over; intermixed parsing takes every option first, as Unix tools do.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # the two passes of parse_known_intermixed_args come back here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def nonempty(what: str) -> Callable[[str], str]:
+    """An argparse type that refuses an empty value (which would otherwise quietly mean "not given")."""
+    def check(value: str) -> str:
+        if not value:
+            raise argparse.ArgumentTypeError(f"an empty {what} names nothing")
+        return value
+    check.__name__ = what  # argparse names the type in some messages
+    return check
 
 
 def _parent(*adders: str) -> argparse.ArgumentParser:
@@ -35,12 +70,14 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
     if "cache" in adders:
         _cache_options(p, argparse.SUPPRESS)
     if "archive" in adders:
-        p.add_argument("archive", metavar="ARCHIVE", help="image tarball (docker save, podman save, OCI archive)")
+        p.add_argument("archive", metavar="ARCHIVE", type=nonempty("archive path"),
+                       help="image tarball (docker save, podman save, OCI archive)")
     if "select" in adders:
-        p.add_argument("--image", metavar="REF", help=SELECT_HELP)
-        p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="pick the image of this platform")
+        p.add_argument("--image", metavar="REF", type=nonempty("image reference"), help=SELECT_HELP)
+        p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", type=nonempty("platform"),
+                       help="pick the image of this platform")
     if "layer" in adders:
-        p.add_argument("--layer", metavar="SEL", help=LAYER_HELP)
+        p.add_argument("--layer", metavar="SEL", type=nonempty("layer selector"), help=LAYER_HELP)
     if "json" in adders:
         p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
     if "partial" in adders:
@@ -69,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", default=False,
                         help="no warnings, notes or progress on stderr")
     _cache_options(parser, None)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
     base = _parent("common", "cache", "archive", "select")
     layer, as_json = _parent("layer", "partial"), _parent("json")
 
@@ -91,35 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("diff", "show what each layer adds, modifies and deletes", [base, layer, as_json], commands.diff,
             "Each layer is compared with the merged layers below it: whiteouts and opaque directories show as\n"
             "deletions of what they hide. Lines: LAYER<TAB>A|M|D<TAB>TYPE (old->new if it changed)<TAB>\n"
-            "SIZE CHANGE<TAB>PATH. Directories and symlinks written again unchanged are not listed. Per-layer\n"
-            "totals (files and bytes written, bytes wasted, counts) head each layer on a terminal, are in\n"
-            "--json, and are columns of `imgfs layers`.")
+            "SIZE CHANGE<TAB>WHAT<TAB>PATH. WHAT, for M, lists what changed: type, content (the size, or the\n"
+            "bytes, read from both layers), target, device, mode, owner, mtime, xattrs; '-' for a file written\n"
+            "again exactly as it was (and for A and D). Directories and other non-files written again\n"
+            "unchanged are not listed. Per-layer totals (files and bytes written, bytes wasted, counts)\n"
+            "head each layer on a terminal, are in --json, and are columns of `imgfs layers`.")
     p = add("ls", "list a directory of the merged root filesystem, or of one layer", [base, layer, as_json],
             browse.ls, "With -l columns: mode, uid, gid, size (major,minor for devices), mtime (UTC), "
                          "name (-> target for symlinks).")
-    p.add_argument("path", metavar="PATH", nargs="?", default="/", help="directory or file (default /)")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/", type=nonempty("path"),
+                   help="directory or file (default /)")
     p.add_argument("-l", dest="long", action="store_true", help="long listing: mode, owner, size, mtime")
     p = add("find", "find paths in every layer and in the merged view", [base, layer, as_json], browse.find,
             "Prints LAYER<TAB>PATH for each hit: every layer bottom to top, then the merged view (labelled\n"
             "'merged'). With --json: JSON Lines, one object per hit. Globs are case-sensitive, as in find(1).")
     p.add_argument("--name", metavar="GLOB", help="match the last path component (e.g. 'trace.log', '*.so')")
-    p.add_argument("--path", metavar="GLOB", help="match the whole path, starting with '/'")
+    p.add_argument("--path", metavar="GLOB", help="match the whole path, which starts with '/' ('app/*' is "
+                                                  "taken from the root, as '/app/*')")
     p.add_argument("--type", choices=["f", "d", "l", "c", "b", "p"], help="file, dir, symlink, char, block, fifo")
     p = add("cat", "write a file's bytes to stdout (symlinks followed inside the image)", [base, layer],
             browse.cat)
-    p.add_argument("path", metavar="PATH", help="file in the image")
+    p.add_argument("path", metavar="PATH", type=nonempty("path"), help="file in the image")
     p = add("extract", "copy files or directories out of the image into a directory", [base, layer],
             browse.extract,
             "Each PATH keeps its place below DIR (/etc/passwd -> DIR/etc/passwd). Modes, mtimes, symlinks\n"
             "(targets as stored) and hard links are kept; owners and device nodes only when run as root.\n"
             "Nothing outside DIR is ever created or followed: symlinks in DIR are never written through.")
-    p.add_argument("paths", metavar="PATH", nargs="+", help="file or directory in the image ('/' for everything)")
+    p.add_argument("paths", metavar="PATH", nargs="+", type=nonempty("path"),
+                   help="file or directory in the image ('/' for everything)")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="destination directory (created if missing)")
     p = add("mount", "mount the image read-only with FUSE: layers/<name>/ and merged/",
             [_parent("common", "cache", "archive")], commands.mount)
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
-    p.add_argument("--image", metavar="REF", help=SELECT_HELP)
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="pick the image of this platform")
+    p.add_argument("--image", metavar="REF", type=nonempty("image reference"), help=SELECT_HELP)
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", type=nonempty("platform"),
+                   help="pick the image of this platform")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground until unmounted")
     p.add_argument("-o", dest="options", metavar="OPTIONS", action="append",
                    help="comma-separated FUSE mount options (may be repeated); uid=N,gid=N,umask=M "
@@ -183,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         ui.error("interrupted")
         return 130
+    except SelectionError as e:  # the library names the choice in its words; here it is an option
+        ui.error(e.worded(FLAGS))
+        return e.exit_code
     except ImgfsError as e:
         ui.error(str(e))
         return e.exit_code

@@ -9,18 +9,21 @@ from collections.abc import Iterator
 
 from .. import extract as extracting
 from ..archive import Image, Layer
-from ..errors import ImgfsError
+from ..errors import ImgfsError, UsageError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK
 from ..tree import Entry, Tree
 from .common import entry_doc, image_for, locate, open_for, tree_for
-from .output import Ui, field, mode_string, show_path, timestamp
+from .output import Ui, field, human, json_path, mode_string, show_path, timestamp
 
 TYPE_CODES = {"f": FILE, "d": DIR, "l": SYMLINK, "c": CHAR, "b": BLOCKDEV, "p": FIFO}
 
 
 # -- ls, find, cat -------------------------------------------------------------------------------
-def _ls_row(e: Entry, name: str) -> list[str]:
-    size = f"{e.device[0]},{e.device[1]}" if e.device and e.kind in ("char", "block") else str(e.size)
+def _ls_row(e: Entry, name: str, tty: bool) -> list[str]:
+    if e.device and e.kind in ("char", "block"):
+        size = f"{e.device[0]},{e.device[1]}"
+    else:
+        size = human(e.size) if tty else str(e.size)
     shown = name + (" -> " + e.linkname.decode("utf-8", "backslashreplace") if e.linkname is not None else "")
     return [mode_string(e.st_mode), str(e.uid), str(e.gid), size, timestamp(e.mtime), shown]
 
@@ -31,22 +34,27 @@ def ls(args: argparse.Namespace, ui: Ui) -> int:
         img = image_for(a, args)
         tree, layer = tree_for(img, args.layer)
         key = locate(tree, args.path, layer)
+        listing: list[tuple[bytes, Entry]]
         if tree.kind_code(tree.nodes[key]) == DIR:
             cut = len(key) + 1 if key else 0
-            listing = [(k[cut:].decode("utf-8", "backslashreplace"), tree.entry_for(k, tree.nodes[k]))
-                       for k in tree.child_paths(key)]
+            listing = [(k[cut:], tree.entry_for(k, tree.nodes[k])) for k in tree.child_paths(key)]
         else:  # a file is listed as itself, under the name given (ls shows a symlink, not its target)
             key = locate(tree, args.path, layer, follow_last=False)
-            listing = [(args.path, tree.entry_for(key, tree.nodes[key]))]
+            listing = [(os.fsencode(args.path), tree.entry_for(key, tree.nodes[key]))]
         if args.json:
-            ui.json({"path": show_path(key), "layer": layer.name if layer else None,
-                     "entries": [entry_doc(e, name) for name, e in listing]})
+            ui.json(json_path(key) | {"layer": layer.name if layer else None,
+                                      "entries": [entry_doc(e, name) for name, e in listing]})
         elif args.long:
-            ui.table(["MODE", "UID", "GID", "SIZE", "MTIME", "NAME"], [_ls_row(e, n) for n, e in listing])
+            ui.table(["MODE", "UID", "GID", "SIZE", "MTIME", "NAME"],
+                     [_ls_row(e, _shown(name), ui.tty) for name, e in listing])
         else:
             for name, _ in listing:
-                ui.line(field(name))
+                ui.line(field(_shown(name)))
     return 0
+
+
+def _shown(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
 
 
 def _find_trees(img: Image, sel: str | None, ui: Ui) -> Iterator[tuple[str, Layer | None, Tree]]:
@@ -66,8 +74,10 @@ def _find_trees(img: Image, sel: str | None, ui: Ui) -> Iterator[tuple[str, Laye
 
 def find(args: argparse.Namespace, ui: Ui) -> int:
     """imgfs find: matching paths in each layer and in the merged view, as LAYER<TAB>PATH."""
-    name_pat = args.name.encode("utf-8", "surrogateescape") if args.name else None
-    path_pat = args.path.encode("utf-8", "surrogateescape") if args.path else None
+    name_pat = os.fsencode(args.name) if args.name else None
+    path_pat = os.fsencode(args.path) if args.path else None
+    if path_pat is not None and not path_pat.startswith(b"/"):
+        path_pat = b"/" + path_pat  # every path starts at the root: 'app/*' means '/app/*' (as in a .gitignore)
     want = TYPE_CODES[args.type] if args.type else None
     with open_for(args, ui) as a:
         img = image_for(a, args)
@@ -112,6 +122,8 @@ def cat(args: argparse.Namespace, ui: Ui) -> int:
 # -- extract -------------------------------------------------------------------------------------
 def extract(args: argparse.Namespace, ui: Ui) -> int:
     """imgfs extract: copy files and directories out below DIR, safely."""
+    if os.path.lexists(args.output) and not os.path.isdir(args.output):
+        raise UsageError(f"-o {args.output}: exists and is not a directory (give a directory to extract into)")
     with open_for(args, ui) as a:
         img = image_for(a, args)
         tree, layer = tree_for(img, args.layer)

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from .. import changes
 from ..archive import Layer
 from ..errors import ImgfsError
 from ..tarindex.store import Store
 from ..verify import verify_image
-from . import changes
 from .common import cache_dir, image_for, open_for
 from .completion import script as completion_script
-from .output import Ui, clip, created, field, human, short_digest, show_path
+from .output import Ui, clip, created, field, human, json_name, json_path, plural, short_digest, show_path
 
 Command = Callable[[argparse.Namespace, Ui], "int | None"]
 
@@ -25,7 +25,7 @@ def images(args: argparse.Namespace, ui: Ui) -> int:
     with open_for(args, ui) as a:
         chosen = a.select(args.image, args.platform) if args.image or args.platform else a.images
         if args.json:
-            ui.json({"archive": args.archive, "kind": a.kind, "images": [
+            ui.json(json_name("archive", args.archive) | {"kind": a.kind, "images": [
                 {"label": i.label, "refs": i.refs, "digest": i.digest, "config_digest": i.config_digest,
                  "platform": i.platform, "layers": len(i.layers),
                  "diff_ids": [la.diff_id for la in i.layers]} for i in chosen]})
@@ -64,7 +64,7 @@ def layers(args: argparse.Namespace, ui: Ui) -> int:
         facts = [_layer_facts(la, ui) for la in img.layers]
         totals = changes.layer_totals(img, ui.warn)
         if args.json:
-            ui.json({"archive": args.archive, "image": img.label, "platform": img.platform, "layers": [
+            ui.json(json_name("archive", args.archive) | {"image": img.label, "platform": img.platform, "layers": [
                 {"number": la.number, "name": la.name, "digest": la.digest, "diff_id": la.diff_id,
                  "member": la.member, "size": la.blob_size, "compression": comp, "entries": n,
                  "files": t.files if t else None, "bytes": t.bytes if t else None,
@@ -77,7 +77,9 @@ def layers(args: argparse.Namespace, ui: Ui) -> int:
                  _num(n), _num(t and t.files), _num(t and t.bytes, True, ui.tty), _num(t and t.wasted, True, ui.tty),
                  created(la.created) if ui.tty else la.created or "-", la.created_by or "-"]
                 for la, (n, _), t in zip(img.layers, facts, totals, strict=True)]
-        ui.table(header, rows)
+        # On a terminal the table fits its width: the command goes first (the name says it too), then
+        # the name is cut, then the creation time and the digest go.
+        ui.table(header, rows, fit=[(9, 0), (1, 24), (8, 0), (2, 0), (1, 12)])
     return 0
 
 
@@ -88,25 +90,26 @@ def diff(args: argparse.Namespace, ui: Ui) -> int:
         positions = [img.find_layer(args.layer).position] if args.layer else list(range(len(img.layers)))
         results = changes.layer_changes(img, positions)
         if args.json:
-            ui.json({"archive": args.archive, "image": img.label, "platform": img.platform, "layers": [
+            ui.json(json_name("archive", args.archive) | {"image": img.label, "platform": img.platform, "layers": [
                 {"number": r.layer.number, "name": r.layer.name, "totals": r.totals.as_dict(),
-                 "changes": [{"change": c.code, "path": show_path(c.path), "type": c.kind, "old_type": c.old_kind,
-                              "size_change": c.size_change} for c in r.changes]} for r in results]})
+                 "changes": [{"change": c.code} | json_path(c.path) | {
+                     "type": c.kind, "old_type": c.old_kind, "size_change": c.size_change, "what": list(c.what)}
+                     for c in r.changes]} for r in results]})
             return 0
         for r in results:
             if ui.tty:
                 t = r.totals
-                ui.line(f"== {r.layer.name}: {t.files} files, {human(t.bytes)} written, {human(t.wasted)} wasted; "
-                        f"{t.added} added, {t.modified} modified, {t.deleted} deleted")
+                ui.line(f"== {r.layer.name}: {plural(t.files, 'file')}, {human(t.bytes)} written, "
+                        f"{human(t.wasted)} wasted; {t.added} added, {t.modified} modified, {t.deleted} deleted")
             label = field(r.layer.name)
             for c in r.changes:
                 kind = f"{c.old_kind}->{c.kind}" if c.old_kind else c.kind
-                size = f"{c.size_change:+d}" if not ui.tty else ("+" if c.size_change >= 0 else "-") + human(
-                    abs(c.size_change))
+                what = ",".join(c.what) or "-"
                 if ui.tty:
-                    ui.line(f"{c.code} {kind:<12} {size:>7}  {show_path(c.path)}")
+                    size = ("+" if c.size_change >= 0 else "-") + human(abs(c.size_change))
+                    ui.line(f"{c.code} {kind:<12} {size:>7}  {what:<16} {show_path(c.path)}")
                 else:
-                    ui.line(f"{label}\t{c.code}\t{kind}\t{size}\t{show_path(c.path)}")
+                    ui.line(f"{label}\t{c.code}\t{kind}\t{c.size_change:+d}\t{what}\t{show_path(c.path)}")
     return 0
 
 
@@ -148,13 +151,13 @@ def verify(args: argparse.Namespace, ui: Ui) -> int:
                     [name, "OK" if c.ok else "FAILED", c.what, c.expected or "-", c.error or c.actual or "-"]
                     for c in checks])
         if args.json:
-            ui.json({"archive": args.archive, "ok": failed == 0, "images": [
+            ui.json(json_name("archive", args.archive) | {"ok": failed == 0, "images": [
                 {"label": img.label, "platform": img.platform, "ok": all(c.ok for c in checks),
                  "checks": [c.__dict__ for c in checks]} for img, checks in report]})
     if failed:
-        ui.error(f"{args.archive}: {failed} of {total} checks failed")
+        ui.error(f"{args.archive}: {failed} of {plural(total, 'check')} failed")
         return 1
-    ui.info(f"{args.archive}: all {total} checks passed")
+    ui.info(f"{args.archive}: {'the' if total == 1 else 'all'} {plural(total, 'check')} passed")
     return 0
 
 

@@ -8,7 +8,7 @@ import os
 from ..archive import Archive, Image, Layer, open_archive
 from ..errors import FormatError, NotFoundError
 from ..tree import Entry, Tree
-from .output import Ui, show_path
+from .output import Ui, json_name, json_path
 
 
 def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
@@ -56,14 +56,14 @@ def locate(tree: Tree, path: str, layer: Layer | None, follow_last: bool = True)
     return key
 
 
-def entry_doc(e: Entry, name: str | None = None) -> dict:
-    """An Entry as a JSON object."""
-    doc = {"path": show_path(e.path), "type": e.kind, "mode": f"{e.mode:04o}", "uid": e.uid, "gid": e.gid,
-           "size": e.size, "mtime": e.mtime, "nlink": e.nlink, "ino": e.ino}
+def entry_doc(e: Entry, name: bytes | str | None = None) -> dict:
+    """An Entry as a JSON object (names lossless: see json_name)."""
+    doc = json_path(e.path) | {"type": e.kind, "mode": f"{e.mode:04o}", "uid": e.uid, "gid": e.gid,
+                               "size": e.size, "mtime": e.mtime, "nlink": e.nlink, "ino": e.ino}
     if name is not None:
-        doc = {"name": name} | doc
+        doc = json_name("name", name) | doc
     if e.linkname is not None:
-        doc["linkname"] = e.linkname.decode("utf-8", "backslashreplace")
+        doc |= json_name("linkname", e.linkname)
     if e.device is not None and e.kind in ("char", "block"):
         doc["device"] = list(e.device)
     return doc

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import shutil
 import stat
 import sys
 import time
@@ -23,6 +26,22 @@ def show_path(key: bytes) -> str:
     return field("/" + key.decode("utf-8", "backslashreplace"))
 
 
+def json_name(key: str, raw: bytes | str) -> dict[str, str]:
+    """A name for JSON, losslessly: {key: its text} when it is UTF-8; else the text with U+FFFD for the
+    bytes that are not, and {key + "_b64": the exact bytes in base64}."""
+    if isinstance(raw, str):  # from the command line: undecodable bytes arrive as surrogates
+        raw = os.fsencode(raw)
+    try:
+        return {key: raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {key: raw.decode("utf-8", "replace"), key + "_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def json_path(key: bytes) -> dict[str, str]:
+    """A tree key as JSON "path" ('/' + key), losslessly (see json_name)."""
+    return json_name("path", b"/" + key)
+
+
 def human(n: float) -> str:
     """A byte count the way `ls -h` prints it (1.5K, 20M)."""
     for unit in ("B", "K", "M", "G", "T"):
@@ -34,9 +53,35 @@ def human(n: float) -> str:
     return str(n)  # unreachable
 
 
+def plural(count: int, word: str, many: str = "") -> str:
+    """'1 file', '2 files' ('1 entry', '2 entries' with many='entries')."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
 def clip(text: str, width: int) -> str:
     """`text` cut to `width` characters, with an ellipsis when cut."""
     return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
+def fit_width(rows: list[list[str]], width: int, fit: list[tuple[int, int]]) -> list[list[str]]:
+    """Table rows (header first) with columns cut (an ellipsis ends a cut cell) or left out, in the order
+    `fit` gives, (column, narrowest; 0 lets it go), until a line is at most `width` characters."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    keep = list(range(len(widths)))
+    for col, narrowest in fit:
+        over = sum(widths[i] for i in keep) + 2 * (len(keep) - 1) - width
+        if over <= 0:
+            break
+        if col not in keep:
+            continue
+        w = widths[col] - over
+        if w < max(narrowest, 8):  # a few characters of a column say nothing
+            if narrowest == 0:
+                keep.remove(col)
+                continue
+            w = narrowest
+        widths[col] = min(widths[col], w)
+    return [[clip(r[i], widths[i]) for i in keep] for r in rows]
 
 
 def short_digest(digest: str | None) -> str:
@@ -137,15 +182,19 @@ class Ui:
         """An error line; never silenced."""
         self._message(message.splitlines()[0] if message else "error")
 
-    def table(self, header: list[str], rows: list[list[str]], human_rows: list[list[str]] | None = None) -> None:
-        """Rows as tab-separated lines; on a terminal aligned, with a header and `human_rows` if given."""
+    def table(self, header: list[str], rows: list[list[str]], human_rows: list[list[str]] | None = None,
+              fit: list[tuple[int, int]] | None = None) -> None:
+        """Rows as tab-separated lines; on a terminal aligned, with a header and `human_rows` if given, and
+        cut to the terminal's width by `fit`: (column, narrowest) in the order they give way (0: may go)."""
         self._quiet_progress()
         if not self.tty:
             for row in rows:
                 self.out.write("\t".join(field(c) for c in row) + "\n")
             return
         shown = [header] + [[field(c) for c in r] for r in (human_rows or rows)]
-        widths = [max(len(r[i]) for r in shown) for i in range(len(header) - 1)]
+        if fit:
+            shown = fit_width(shown, shutil.get_terminal_size().columns, fit)
+        widths = [max(len(r[i]) for r in shown) for i in range(len(shown[0]) - 1)]
         for r in shown:
             self.out.write("  ".join([c.ljust(w) for c, w in zip(r, widths, strict=False)] + r[-1:]).rstrip() + "\n")
 

@@ -96,18 +96,18 @@ def label(img: ImageDesc) -> str:
 
 
 def select_images(images: list[ImageDesc], ref: str | None = None, platform: str | None = None) -> list[ImageDesc]:
-    """Filter images by --image and --platform; without --platform prefer the host's per name."""
+    """Filter images by ref and platform; without a platform prefer the host's per name."""
     chosen = images
     if ref:
         chosen = [i for i in images if _ref_matches(i, ref)]
         if not chosen:
-            raise SelectionError(f"no image matches --image {ref!r}; the archive has: "
-                                 + ", ".join(_describe(i) for i in images))
+            raise SelectionError("no image matches {image} {ref!r}; the archive has: {listing}", ref=ref,
+                                 listing=", ".join(_describe(i) for i in images))
     if platform:
         picked = [i for i in chosen if _platform_matches(i.platform, platform)]
         if not picked:
-            raise SelectionError(f"no image for platform {platform!r}; available: "
-                                 + ", ".join(_describe(i) for i in chosen))
+            raise SelectionError("no image for {platform} {wanted!r}; available: {listing}", wanted=platform,
+                                 listing=", ".join(_describe(i) for i in chosen))
         return picked
     groups: dict[tuple[str, ...], list[ImageDesc]] = {}
     for i in chosen:

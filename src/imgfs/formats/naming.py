@@ -62,7 +62,8 @@ def history_for_layers(config: dict[str, Any], n_layers: int) -> tuple[list[dict
     warnings = []
     if history and len(entries) != n_layers:
         warnings.append(
-            f"history has {len(entries)} non-empty entries for {n_layers} layers: "
+            f"history has {len(entries)} non-empty {'entry' if len(entries) == 1 else 'entries'} for {n_layers} "
+            f"layer{'' if n_layers == 1 else 's'}: "
             + ("layers past the history are named by digest" if len(entries) < n_layers
                else "the extra history entries are ignored"))
     elif not history and n_layers:

@@ -39,7 +39,13 @@ class TarballStore:
 
         try:
             self.outer, compression = open_stream(self.file, cache, self.identity, report("decompressing archive"))
-            self.index: MemberIndex = scan(self.outer, report("reading archive"))
+            try:
+                self.index: MemberIndex = scan(self.outer, report("reading archive"))
+            except FormatError as e:  # the scanner's header-level reason means nothing for, say, a random .gz
+                if not str(e).startswith("not a tar archive"):
+                    raise
+                inside = f"its {compression} data is" if compression else "it is"
+                raise FormatError(f"not a container image archive: {inside} not a tar file") from None
         except BaseException:
             self.file.close()
             raise

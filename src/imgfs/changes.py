@@ -1,4 +1,5 @@
-"""What each layer changes: added, modified and deleted paths, and how much of its content stays visible.
+"""What each layer changes: added, modified and deleted paths, what changed about each, and how much of
+the layer's content stays visible.
 
 A layer's changes come from comparing the merged state of the layers below it with the merged state that
 includes it, so whiteouts and opaque directories show up as deletions of exactly what they hide.
@@ -9,23 +10,31 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from ..archive import Image, Layer
-from ..errors import ImgfsError
-from ..tarindex.reader import FILE, KIND_NAMES
-from ..tree import Tree, merged_tree
-from ..tree.tree import MASK, SHIFT
+from .archive import Image, Layer
+from .errors import ImgfsError
+from .tarindex.reader import FILE, KIND_NAMES
+from .tree import Tree, merged_tree
+from .tree.tree import MASK, SHIFT
 
 WHITEOUT = b".wh."
+# What can differ between two versions of a path, in the order a Change lists them.
+ASPECTS = ("type", "content", "target", "device", "mode", "owner", "mtime", "xattrs", "unreadable")
+_CHUNK = 1 << 20
 
 
 class Change(NamedTuple):
-    """One path a layer added (A), modified (M) or deleted (D)."""
+    """One path a layer added (A), modified (M) or deleted (D); for M, `what` of ASPECTS changed.
+
+    A regular file written again exactly as it was is still a change (the layer stores it again) with an
+    empty `what`; other types written again unchanged are not changes.
+    """
 
     code: str
     path: bytes
     kind: str
     old_kind: str | None
     size_change: int
+    what: tuple[str, ...] = ()
 
 
 class Totals:
@@ -85,13 +94,48 @@ def layer_totals(img: Image, warn: Callable[[str], None]) -> list[Totals | None]
     return out
 
 
-def _same(before: Tree, after: Tree, key: bytes, old: int, new: int) -> bool:
-    """Whether a non-file entry is unchanged though a layer wrote it again (e.g. a parent directory)."""
+def _same_bytes(before: Tree, old: int, after: Tree, new: int, size: int) -> bool:
+    """Whether two regular files of `size` bytes hold the same bytes (read until the first difference)."""
+    for off in range(0, size, _CHUNK):
+        n = min(_CHUNK, size - off)
+        if before.read(old, off, n) != after.read(new, off, n):
+            return False
+    return True
+
+
+def differences(before: Tree, after: Tree, key: bytes, old: int, new: int, content: bool = True) -> tuple[str, ...]:
+    """Which ASPECTS of `key` differ between `old` in `before` and `new` in `after`.
+
+    A regular file's content differs when its size does or, with `content`, when its bytes do (read from
+    both layers); "unreadable" when they cannot be read.
+    """
     if old < 0 and new < 0:
-        return True  # implied directories all look alike
+        return ()  # implied directories all look alike
     a, b = before.entry_for(key, old), after.entry_for(key, new)
-    return (a.kind, a.mode, a.uid, a.gid, a.mtime, a.linkname, a.device) == \
-        (b.kind, b.mode, b.uid, b.gid, b.mtime, b.linkname, b.device) and before.xattrs(old) == after.xattrs(new)
+    if a.kind != b.kind:
+        return ("type",)
+    found = []
+    if a.kind == "file" and a.size != b.size:
+        found.append("content")
+    elif a.kind == "file" and content and a.size:
+        try:
+            if not _same_bytes(before, old, after, new, a.size):
+                found.append("content")
+        except ImgfsError:
+            found.append("unreadable")
+    if a.linkname != b.linkname:
+        found.append("target")
+    if a.kind in ("char", "block") and a.device != b.device:
+        found.append("device")
+    if a.mode != b.mode:
+        found.append("mode")
+    if (a.uid, a.gid) != (b.uid, b.gid):
+        found.append("owner")
+    if a.mtime != b.mtime:
+        found.append("mtime")
+    if before.xattrs(old) != after.xattrs(new):
+        found.append("xattrs")
+    return tuple(sorted(found, key=ASPECTS.index))
 
 
 def _size(tree: Tree, ref: int) -> int:
@@ -102,8 +146,8 @@ def _kind(tree: Tree, ref: int) -> str:
     return KIND_NAMES[tree.kind_code(ref)]
 
 
-def compare(before: Tree, after: Tree) -> list[Change]:
-    """The changes that turn `before` into `after`, sorted by path."""
+def compare(before: Tree, after: Tree, content: bool = True) -> list[Change]:
+    """The changes that turn `before` into `after`, sorted by path (`content`: see `differences`)."""
     b, a = before.nodes, after.nodes
     out: list[Change] = []
     for key, new in a.items():
@@ -113,19 +157,23 @@ def compare(before: Tree, after: Tree) -> list[Change]:
         if old is None:
             out.append(Change("A", key, _kind(after, new), None, _size(after, new)))
         elif old != new:
+            what = differences(before, after, key, old, new, content)
             new_is_file = new >= 0 and after.kind_code(new) == FILE
-            if not new_is_file and _same(before, after, key, old, new):
+            if not what and not new_is_file:
                 continue
             ok, nk = _kind(before, old), _kind(after, new)
-            out.append(Change("M", key, nk, ok if ok != nk else None, _size(after, new) - _size(before, old)))
+            out.append(Change("M", key, nk, ok if ok != nk else None, _size(after, new) - _size(before, old), what))
     for key in b.keys() - a.keys():
         out.append(Change("D", key, _kind(before, b[key]), None, -_size(before, b[key])))
     out.sort(key=lambda c: c.path)
     return out
 
 
-def layer_changes(img: Image, positions: list[int]) -> Iterator[LayerChanges]:
-    """For each layer position asked for (ascending), its changes and totals (unreadable layers are warned of)."""
+def layer_changes(img: Image, positions: list[int], content: bool = True) -> Iterator[LayerChanges]:
+    """For each layer position asked for (ascending), its changes and totals (unreadable layers are warned of).
+
+    `content`: compare the bytes of files rewritten at the same size (see `differences`).
+    """
     indexes, sources = img.layer_inputs()
     merged = img.merged()
     final = set(merged.nodes.values())
@@ -141,7 +189,7 @@ def layer_changes(img: Image, positions: list[int]) -> Iterator[LayerChanges]:
 
     for p in positions:
         before, after = state(p), state(p + 1)
-        changes = compare(before, after) if indexes[p] is not None else []
+        changes = compare(before, after, content) if indexes[p] is not None else []
         t = _fill(Totals(), _own_files(after, p), final)
         for c in changes:
             if c.code == "A":

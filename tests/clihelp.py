@@ -1,17 +1,24 @@
 """Helpers for the CLI tests: run `imgfs` in-process, and write small (possibly hostile) image archives.
 
-Imported by the tests under tests/cli and by tests/test_extract.py as `cli.clihelp`.
+Shared by the tests of every folder (tests/ is on the path): `from clihelp import run`.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import io
 import json
+import os
+import pty
 import shutil
+import struct
+import subprocess
+import sys
 import tarfile
 import tempfile
+import termios
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +61,31 @@ def run(capsys: pytest.CaptureFixture[bytes], *argv: object) -> Result:
     rc = main(["--cache-dir", CACHE, *[str(a) for a in argv]])
     cap = capsys.readouterr()
     return Result(rc, cap.out, cap.err.decode("utf-8", "replace"))
+
+
+def run_on_terminal(args: list[str], columns: int = 80) -> tuple[int, list[str]]:
+    """Run `python -m imgfs ARGS` with stdout and stderr on a pseudo-terminal `columns` wide (TIOCSWINSZ);
+    its exit status and output lines."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"IMGFS_CACHE_DIR": CACHE}
+    proc = subprocess.Popen([sys.executable, "-m", "imgfs", *args], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other end is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        rc = proc.wait(timeout=60)
+    return rc, b"".join(chunks).decode("utf-8").splitlines()
 
 
 def assert_one_line_error(res: Result, *needles: str, rc: int = 1) -> None:
