@@ -12,6 +12,7 @@ from typing import Any
 from . import formats
 from .errors import FormatError, ImgfsError, SelectionError
 from .formats import ImageDesc, LayerDesc
+from .formats.attest import attestation_files
 from .stores import BlobStore, open_store
 from .tarindex import MemberIndex, Source, meta_digest, scan
 from .tarindex.compressed import GzipSource, open_stream
@@ -141,6 +142,10 @@ class Image:
         """The image config document."""
         return self.desc.config
 
+    def attestations(self) -> list[tuple[str, bytes]]:
+        """The statements attached to this image (SBOM, provenance ...): (file name, bytes), named by predicate type."""
+        return attestation_files(self.archive.artifacts, self.digest, self.archive.blobs, self.archive.warn)
+
     def layer_inputs(self) -> tuple[list[MemberIndex | None], list[Source | None]]:
         """Each layer's member index and bytes, bottom first; None (and a warning) for an unreadable layer."""
         indexes: list[MemberIndex | None] = []
@@ -244,7 +249,7 @@ class Archive:
         self.path = self.blobs.name
         try:
             try:
-                self.kind, descs = formats.describe(self.blobs)
+                self.kind, descs, self.artifacts = formats.describe(self.blobs)
             except FormatError:
                 if self.blobs.damage:  # the real cause is the damage, not what it left out
                     raise FormatError(f"damaged or truncated archive: {self.blobs.damage}") from None

@@ -7,14 +7,16 @@ import os
 
 from ..archive import Archive, Image, Layer, open_archive
 from ..errors import FormatError, NotFoundError
+from ..stores import split_transport
 from ..tree import Entry, Tree
 from .output import Ui, show_path
 
 
 def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
     """Open the archive named on the command line, with warnings and progress going to the Ui."""
+    _, path, _ = split_transport(args.archive)
     try:
-        os.stat(args.archive)
+        os.stat(path)
     except OSError as e:  # say it once and plainly, before the engine tries to parse anything
         raise FormatError(f"{args.archive}: {e.strerror}") from None
     return open_archive(args.archive, warn=ui.warn, progress=ui.progress, cache_dir=cache_dir(args),

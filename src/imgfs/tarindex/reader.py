@@ -142,8 +142,13 @@ def _skip(size: int) -> int:
     return (size + 511) & ~511
 
 
-def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> MemberIndex:
-    """Index every member of the tar stream in `src` by reading headers only."""
+def scan(src: Source, progress: Callable[[int, int], None] | None = None,
+         on_member: Callable[[bytes, int, int, int], None] | None = None) -> MemberIndex:
+    """Index every member of the tar stream in `src` by reading headers only.
+
+    `on_member(name, kind, data offset, data size)` hears of each member as it is recorded, before the
+    scan reads past its data: a one-pass reader of a pipe consumes the data there (stream.py).
+    """
     idx = MemberIndex()
     total = src.size
     buf = b""
@@ -304,6 +309,8 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                     idx.broken[i] = "sparse tar members are not supported"
                 if end > total:
                     idx.broken[i] = "the member's data is cut off (truncated archive)"
+                if on_member is not None:
+                    on_member(norm, t, data_off, data_len)
             if end > total:
                 raise TruncatedError(f"member {show(full[-80:])} at offset {off} runs past the end of the data")
             off = data_off + _skip(data_len)
