@@ -12,7 +12,7 @@ from ..errors import ImgfsError
 from ..tarindex.store import Store
 from ..verify import verify_image
 from . import changes
-from .common import cache_dir, image_for, open_for
+from .common import cache_dir, image_for, open_for, refuse_stream
 from .completion import script as completion_script
 from .output import Ui, clip, created, field, human, short_digest, show_path
 
@@ -124,6 +124,7 @@ def _fuse() -> ModuleType:
 
 def mount(args: argparse.Namespace, ui: Ui) -> int:
     """imgfs mount: a read-only FUSE view of the image."""
+    refuse_stream(args)
     _fuse().mount(args.archive, args.mountpoint, image=args.image, platform=args.platform,
                   foreground=args.foreground or args.debug, options=",".join(args.options) if args.options else None,
                   allow_other=args.allow_other, debug=args.debug, log_file=args.log_file, warn=ui.warn,
