@@ -209,7 +209,8 @@ class _Decompressing:
             try:
                 with open(w, "wb") as out:
                     # Nothing is stored, so a bomb only costs time; a blob of known size still has a bound.
-                    decompress_to(src, kind, out, None if src.size == UNKNOWN else max(BOMB_FLOOR, BOMB_RATIO * src.size))
+                    bound = None if src.size == UNKNOWN else max(BOMB_FLOOR, BOMB_RATIO * src.size)
+                    decompress_to(src, kind, out, bound)
             except BrokenPipeError:
                 pass  # the reader stopped early: it knows why
             except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it

@@ -12,7 +12,6 @@ from ..stores import is_stream, split_transport
 from ..tree import Entry, Tree
 from .output import Ui, show_path
 
-
 # What can be answered in one pass over a pipe: listings, and files whose path is named here.
 ONE_PASS = ("images", "attestations", "layers", "ls", "find", "diff", "cat", "extract")
 

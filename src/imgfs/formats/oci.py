@@ -171,7 +171,8 @@ def parse_single_manifest(reader: MemberReader) -> tuple[list[ImageDesc], list[A
     """skopeo's dir: layout: manifest.json is the manifest of one image, and each blob a file named by its hex."""
     data = reader.read("manifest.json")
     body = load_json(data, "manifest.json")
-    if not isinstance(body, dict) or not isinstance(body.get("layers"), list) or not isinstance(body.get("config"), dict):
+    if not isinstance(body, dict) or not isinstance(body.get("layers"), list) \
+            or not isinstance(body.get("config"), dict):
         raise FormatError("manifest.json is neither a list of images (docker save) nor one image manifest "
                           "(skopeo dir:): a manifest list or a schema 1 manifest is not supported here")
     import hashlib  # here: only this layout needs the manifest's digest computed
