@@ -275,7 +275,7 @@ class Pass:
         head = raw.take(8)
         if not head:
             raise FormatError("is empty: nothing came through the pipe")
-        kind = sniff_compression(head)
+        kind = self.compression = sniff_compression(head)
         if kind is None:  # the whole archive plain: the scanner reads the pipe itself
             outer = Forward(_prepend(head, read), what=self.name)
             dec = None
@@ -377,7 +377,7 @@ class PipeStore(TarballStore):
         self.identity = f"pipe:{id(result)}"
         self.outer = result.outer_kept  # type: ignore[assignment]
         self.index = result.index
-        self.kind_suffix = ""
+        self.kind_suffix = "+" + result.compression if result.compression else ""
         self.damage = self.index.error
         self.by_name = {name: i for i, name in enumerate(self.index.names)}
 
@@ -429,9 +429,13 @@ def open_stream_archive(stream: IO[bytes] | str, *, keep: Iterable[str] = (), su
         label = name or stream
     else:
         fh, label = stream, name or "-"
-    fd = fh.fileno()
     try:
-        result = Pass(lambda n: os.read(fd, n), label, keep, subtrees, spool_limit)
+        fd = fh.fileno()
+        read: Callable[[int], bytes] = lambda n: os.read(fd, n)  # noqa: E731 - unbuffered: no copy kept
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError and a ValueError
+        read = fh.read
+    try:
+        result = Pass(read, label, keep, subtrees, spool_limit)
     except ImgfsError as e:
         raise type(e)(f"{label}: {e}") from None
     finally:

@@ -13,8 +13,8 @@ import pytest
 
 import imgfs
 from conftest import IMAGES, truth_index
-from layouts import DOCKER_FORMATS, OCI_FORMATS, oci_layout, skopeo_dir, unpacked
 from imgfs.errors import FormatError, ImgfsError
+from layouts import DOCKER_FORMATS, OCI_FORMATS, oci_layout, skopeo_dir, unpacked
 from truthlib import diff, listing_from_tree, load_truth
 
 
