@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ..errors import FormatError
 from .base import BlobStore
 
-__all__ = ["BlobStore", "is_stream", "open_store", "split_transport"]
+__all__ = ["BlobStore", "absolute", "is_stream", "open_store", "split_transport"]
 
 
 def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
@@ -79,6 +79,16 @@ def split_transport(name: str) -> tuple[str | None, str, str | None]:
                 return prefix, path, ref or None
             return prefix, rest, None
     return None, name, None
+
+
+def absolute(name: str) -> str:
+    """`name` with its path made absolute, its transport prefix and ref kept (a daemon changes directory)."""
+    prefix, rest, ref = split_transport(name)
+    if prefix is None:
+        return os.path.abspath(name)
+    if prefix.endswith("://"):
+        return name
+    return prefix + os.path.abspath(rest) + (":" + ref if ref else "")
 
 
 def open_store(name: str, **options: object) -> BlobStore:
