@@ -237,3 +237,24 @@ def test_peak_memory_stays_flat_as_the_piped_image_grows_to_a_gigabyte() -> None
     assert (small_size, big_size) == (16 << 20, 1 << 30)
     assert text == big_text == "hello from a big image"
     assert big_rss - small_rss < 16 << 10, f"peak RSS {small_rss} KiB at 16 MiB, {big_rss} KiB at 1 GiB"
+
+
+def test_a_link_at_a_kept_path_keeps_its_target_when_the_target_is_still_to_come() -> None:
+    from tarmaker import H, S
+
+    layers = [tar_of([S("etc/os-release", "../usr/lib/os-release"), S("lib", "usr/lib"), F("bin/busybox", b"BB"),
+                      S("bin/sh", "busybox")]),
+              tar_of([F("usr/lib/os-release", b"ID=test\n"), H("data/copy", "usr/lib/os-release")])]
+    b = ArchiveBuilder()
+    b.add("manifest.json", [b.docker_image(layers, ["app:1"])])
+    data = b.tar()
+    for path, want in (("/etc/os-release", b"ID=test\n"), ("/lib/os-release", b"ID=test\n")):
+        with open_stream_archive(io.BytesIO(data), keep=[path]) as a:
+            tree = a.image().merged()
+            key = tree.resolve(path)
+            assert b"".join(tree.read_all(tree.nodes[key])) == want
+    for path in ("/bin/sh", "/data/copy"):  # their targets went by before the links: an error, never other bytes
+        with open_stream_archive(io.BytesIO(data), keep=[path]) as a:
+            tree = a.image().merged()
+            with pytest.raises(FormatError, match="without being kept"):
+                b"".join(tree.read_all(tree.nodes[tree.resolve(path)]))

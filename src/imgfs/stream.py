@@ -25,12 +25,13 @@ from .errors import FormatError, ImgfsError, TruncatedError
 from .stores.base import MAX_JSON
 from .stores.tarball import TarballStore
 from .tarindex import MemberIndex, Source, scan
-from .tarindex.reader import BLOCK, FILE, MAX_META, normalize
+from .tarindex.reader import BLOCK, FILE, HARDLINK, MAX_META, SYMLINK, normalize
 from .tarindex.source import BOMB_FLOOR, BOMB_RATIO, decompress_to, sniff_compression
 
 CHUNK = 1 << 20
 SPOOL_MAX = 16 << 30  # what may be kept of one pipe, further bounded by the free space of the temporary directory
 UNKNOWN = 1 << 62  # the size of a stream read to its end
+MAX_KEPT_PATHS = 4096  # paths kept, links followed included (a hostile chain of links ends here)
 KEEP_BACK = 2 * MAX_META + 8 * BLOCK  # how far back the scanner may read again (headers of one entry)
 NOT_KEPT = ("its bytes went by in the pipe without being kept (through a pipe, only the paths named on "
             "the command line are kept, not what links elsewhere lead to): save the archive to a file first")
@@ -293,7 +294,24 @@ class Pass:
         self.outer_kept.size = outer.pos
         return index
 
-    def _blob(self, name: bytes, kind: int, offset: int, size: int) -> None:
+    def _follow(self, name: bytes, kind: int, link: bytes) -> None:
+        """A link at (or above) a kept path: keep where it leads too, for the rest of the pass.
+
+        That helps only where the target is still to come (later in this layer, or in a layer further on);
+        a target that went by is the read error NOT_KEPT says.
+        """
+        for k in list(self.keep):
+            if k != name and not k.startswith(name + b"/"):
+                continue
+            if kind == HARDLINK:  # names the member whose bytes it shares, from the layer's root
+                target = normalize(link)
+            else:
+                base = b"" if link.startswith(b"/") else name.rpartition(b"/")[0]
+                target = normalize((base + b"/" if base else b"") + link + k[len(name):])
+            if target is not None and len(self.keep) < MAX_KEPT_PATHS:
+                self.keep.add(target)
+
+    def _blob(self, name: bytes, kind: int, offset: int, size: int, link: bytes | None) -> None:
         """An outer member: index it as a layer if it is a tar, keep it if it is a document."""
         if kind != FILE or size == 0:
             return
@@ -316,9 +334,12 @@ class Pass:
             dec = _Decompressing(_Ahead(head, rest, size), compression, os.fsdecode(name))
             inner = dec.forward
 
-        def member(inner_name: bytes, inner_kind: int, inner_offset: int, inner_size: int) -> None:
+        def member(inner_name: bytes, inner_kind: int, inner_offset: int, inner_size: int,
+                   inner_link: bytes | None) -> None:
             if inner_kind == FILE and inner_size and self._wanted(inner_name):
                 inner.sink = layer.kept.add
+            elif inner_link is not None and inner_kind in (SYMLINK, HARDLINK) and not self.subtrees:
+                self._follow(inner_name, inner_kind, inner_link)
 
         try:
             try:
