@@ -234,6 +234,25 @@ class _Decompressing:
             raise FormatError(f"{self.forward.what}: {self.error}")
 
 
+class _Stream:
+    """A tar stream arriving in order, plain or compressed, as the scanner reads it: to its end, whatever happens."""
+
+    def __init__(self, head: bytes, rest: Callable[[int], bytes], size: int, compression: str | None,
+                 what: str) -> None:
+        self.dec = None if compression is None else _Decompressing(_Ahead(head, rest, size), compression, what)
+        self.forward = Forward(_prepend(head, rest), size=size, what=what) if self.dec is None else self.dec.forward
+
+    def scan(self, on_member: Callable[[bytes, int, int, int, bytes | None], None]) -> MemberIndex:
+        """Index the stream, handing each member to `on_member` as it passes; then read what is left."""
+        try:
+            return scan(self.forward, on_member=on_member)
+        finally:
+            if self.dec is not None:
+                self.dec.finish()
+            else:
+                self.forward.drain()
+
+
 def _looks_like_json(head: bytes) -> bool:
     return head.lstrip(b" \t\r\n\xef\xbb\xbf")[:1] in (b"{", b"[")
 
@@ -277,21 +296,10 @@ class Pass:
         if not head:
             raise FormatError("is empty: nothing came through the pipe")
         kind = self.compression = sniff_compression(head)
-        if kind is None:  # the whole archive plain: the scanner reads the pipe itself
-            outer = Forward(_prepend(head, read), what=self.name)
-            dec = None
-        else:  # docker save | gzip: the archive decompressed on its way in
-            dec = _Decompressing(_Ahead(head, raw.take, UNKNOWN), kind, self.name)
-            outer = dec.forward
-        self.outer = outer
-        try:
-            index = scan(outer, on_member=self._blob)
-        finally:
-            if dec is not None:
-                dec.finish()
-            else:
-                outer.drain()
-        self.outer_kept.size = outer.pos
+        stream = _Stream(head, raw.take, UNKNOWN, kind, self.name)  # docker save | gzip: decompressed on its way
+        self.outer = stream.forward
+        index = stream.scan(self._blob)
+        self.outer_kept.size = self.outer.pos
         return index
 
     def _follow(self, name: bytes, kind: int, link: bytes) -> None:
@@ -326,13 +334,8 @@ class Pass:
             return
         layer = _Layer(Kept(self.spool, os.fsdecode(name)), compression)
         self.layers[offset] = layer
-        rest = _Bounded(outer, size - len(head))
-        if compression is None:
-            inner = Forward(_prepend(head, rest), size=size, what=os.fsdecode(name))
-            dec = None
-        else:
-            dec = _Decompressing(_Ahead(head, rest, size), compression, os.fsdecode(name))
-            inner = dec.forward
+        stream = _Stream(head, _Bounded(outer, size - len(head)), size, compression, os.fsdecode(name))
+        inner = stream.forward
 
         def member(inner_name: bytes, inner_kind: int, inner_offset: int, inner_size: int,
                    inner_link: bytes | None) -> None:
@@ -342,13 +345,7 @@ class Pass:
                 self._follow(inner_name, inner_kind, inner_link)
 
         try:
-            try:
-                idx = scan(inner, on_member=member)
-            finally:
-                if dec is not None:
-                    dec.finish()
-                else:
-                    inner.drain()
+            idx = stream.scan(member)
             layer.kept.size = inner.pos
             if idx.error and not len(idx):
                 raise FormatError(idx.error)
