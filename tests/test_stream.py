@@ -166,8 +166,9 @@ def test_manifest_json_after_the_blobs_and_gzip_layers_resolve_at_the_end() -> N
         assert sorted(k for k, _ in tree.walk()) == [b"", b"a.txt", b"b.txt"]
 
 
-def test_the_spool_has_a_bound_and_passing_it_is_a_clear_error() -> None:
-    data = (IMAGES / "meta.docker-oci.tar").read_bytes()
+@pytest.mark.parametrize("name", ["meta.docker-oci.tar", "meta.skopeo-oci-gzip.tar", "seed.docker-oci.tar.gz"])
+def test_the_spool_has_a_bound_and_passing_it_is_a_clear_error(name: str) -> None:
+    data = (IMAGES / name).read_bytes()
     with pytest.raises(ImgfsError, match="save the archive to a file first"):
         open_stream_archive(io.BytesIO(data), keep=["/"], subtrees=True, spool_limit=1 << 20)
 
@@ -258,3 +259,14 @@ def test_a_link_at_a_kept_path_keeps_its_target_when_the_target_is_still_to_come
             tree = a.image().merged()
             with pytest.raises(FormatError, match="without being kept"):
                 b"".join(tree.read_all(tree.nodes[tree.resolve(path)]))
+
+
+def test_images_and_attestations_through_a_pipe_are_those_of_the_file(tmp_path: Path) -> None:
+    from attestmaker import buildx_archive
+
+    path = Path(buildx_archive(tmp_path)[0])
+    for args in (["images"], ["attestations", "--platform", "linux/arm64", "--json"]):
+        want = imgfs_cli(args[0], str(path), *args[1:], "--no-cache")
+        got = run_piped(path, args[0], "-", *args[1:])
+        assert got.returncode == want.returncode == 0, got.stderr
+        assert got.stdout.replace(b'"archive": "-"', b'"archive": "%s"' % bytes(path)) == want.stdout

@@ -221,6 +221,11 @@ class _Decompressing:
         self.thread.start()
         self.forward = Forward(lambda n: os.read(r, n), what=what)
 
+    def abandon(self) -> None:
+        """Stop reading: the thread's next write fails, and it ends."""
+        os.close(self.r)
+        self.thread.join()
+
     def finish(self) -> None:
         """Drain the decompressed stream, wait for the thread, and raise what went wrong in it."""
         try:
@@ -243,14 +248,22 @@ class _Stream:
         self.forward = Forward(_prepend(head, rest), size=size, what=what) if self.dec is None else self.dec.forward
 
     def scan(self, on_member: Callable[[bytes, int, int, int, bytes | None], None]) -> MemberIndex:
-        """Index the stream, handing each member to `on_member` as it passes; then read what is left."""
+        """Index the stream, handing each member to `on_member` as it passes; then read what is left.
+
+        When the pass stops (the spool's bound), nothing more is read: a decompressing thread ends when
+        its pipe closes.
+        """
         try:
-            return scan(self.forward, on_member=on_member)
-        finally:
+            idx = scan(self.forward, on_member=on_member)
+        except BaseException:
             if self.dec is not None:
-                self.dec.finish()
-            else:
-                self.forward.drain()
+                self.dec.abandon()
+            raise
+        if self.dec is not None:
+            self.dec.finish()
+        else:
+            self.forward.drain()
+        return idx
 
 
 def _looks_like_json(head: bytes) -> bool:
@@ -308,14 +321,15 @@ class Pass:
         That helps only where the target is still to come (later in this layer, or in a layer further on);
         a target that went by is the read error NOT_KEPT says.
         """
-        for k in list(self.keep):
-            if k != name and not k.startswith(name + b"/"):
-                continue
-            if kind == HARDLINK:  # names the member whose bytes it shares, from the layer's root
-                target = normalize(link)
-            else:
-                base = b"" if link.startswith(b"/") else name.rpartition(b"/")[0]
-                target = normalize((base + b"/" if base else b"") + link + k[len(name):])
+        if kind == HARDLINK:  # it names the member whose bytes it shares, from the layer's root
+            targets = [normalize(link)] if self._wanted(name) else []
+        elif self.subtrees:  # extract writes symlinks as they are: nothing more to keep
+            targets = []
+        else:
+            base = b"" if link.startswith(b"/") else name.rpartition(b"/")[0]
+            targets = [normalize((base + b"/" if base else b"") + link + k[len(name):])
+                       for k in self.keep if k == name or k.startswith(name + b"/")]
+        for target in targets:
             if target is not None and len(self.keep) < MAX_KEPT_PATHS:
                 self.keep.add(target)
 
@@ -341,7 +355,7 @@ class Pass:
                    inner_link: bytes | None) -> None:
             if inner_kind == FILE and inner_size and self._wanted(inner_name):
                 inner.sink = layer.kept.add
-            elif inner_link is not None and inner_kind in (SYMLINK, HARDLINK) and not self.subtrees:
+            elif inner_link is not None and inner_kind in (SYMLINK, HARDLINK):
                 self._follow(inner_name, inner_kind, inner_link)
 
         try:
@@ -447,6 +461,10 @@ def open_stream_archive(stream: IO[bytes] | str, *, keep: Iterable[str] = (), su
         label = name or stream
     else:
         fh, label = stream, name or "-"
+        with contextlib.suppress(AttributeError, ValueError):
+            if fh.isatty():  # nothing is piped in: waiting for a terminal to type a tar would look like a hang
+                raise FormatError(f"{label}: standard input is a terminal: pipe an image archive in "
+                                  "(docker save app | imgfs ...)")
     try:
         fd = fh.fileno()
         read: Callable[[int], bytes] = lambda n: os.read(fd, n)  # noqa: E731 - unbuffered: no copy kept
