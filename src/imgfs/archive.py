@@ -10,6 +10,7 @@ from typing import Any
 from . import formats
 from .errors import FormatError, ImgfsError, SelectionError
 from .formats import ImageDesc, LayerDesc
+from .formats.attest import attestation_files
 from .stores import BlobStore, open_store
 from .tarindex import MemberIndex, Source, scan
 from .tarindex.compressed import open_stream
@@ -145,6 +146,10 @@ class Image:
         """The image config document."""
         return self.desc.config
 
+    def attestations(self) -> list[tuple[str, bytes]]:
+        """The statements attached to this image (SBOM, provenance ...): (file name, bytes), named by predicate type."""
+        return attestation_files(self.archive.artifacts, self.digest, self.archive.blobs, self.archive.warn)
+
     def _read_layer(self, position: int) -> str | None:
         """Fill in one layer's index and bytes; why it cannot be read, if it cannot."""
         if self._indexes[position] is not None:
@@ -279,7 +284,7 @@ class Archive:
         self.path = self.blobs.name
         try:
             try:
-                self.kind, descs = formats.describe(self.blobs)
+                self.kind, descs, self.artifacts = formats.describe(self.blobs)
             except FormatError:
                 if self.blobs.damage:  # the real cause is the damage, not what it left out
                     raise FormatError(f"damaged or truncated archive: {self.blobs.damage}") from None

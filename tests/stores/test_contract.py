@@ -14,6 +14,7 @@ import pytest
 import imgfs
 from conftest import IMAGES, truth_index
 from imgfs.errors import FormatError, ImgfsError
+from layouts import DOCKER_FORMATS, OCI_FORMATS, oci_layout, skopeo_dir, unpacked
 from truthlib import diff, listing_from_tree, load_truth
 
 
@@ -26,14 +27,40 @@ class Kind:
 
 
 def _transport(name: str, entry: dict) -> str:
-    return ("oci-archive:" if entry["format"].startswith(("skopeo", "podman-oci", "oci")) else "docker-archive:") \
+    return ("oci-archive:" if entry["format"].startswith(OCI_FORMATS) else "docker-archive:") \
         + str(IMAGES / name)
+
+
+_MADE: dict[tuple[str, str], str] = {}  # (kind, fixture) -> the place made from it, once a session
+
+
+def _made(kind: str, make: Callable[[Path, Path], str]) -> Callable[[str, pytest.TempPathFactory, object], str]:
+    def get(name: str, tmp: pytest.TempPathFactory, request: object) -> str:
+        if (kind, name) not in _MADE:
+            _MADE[kind, name] = make(IMAGES / name, tmp.mktemp(kind) / "place")
+        return _MADE[kind, name]
+    return get
+
+
+def _is_oci(entry: dict) -> bool:
+    return entry["format"].startswith(OCI_FORMATS)
 
 
 KINDS: dict[str, Kind] = {
     "tarball": Kind(lambda name, entry: True, lambda name, tmp, request: str(IMAGES / name)),
     "transport": Kind(lambda name, entry: not name.endswith(".gz"),
                       lambda name, tmp, request: _transport(name, truth_index()[name])),
+    # tar -x of every fixture (docker save of both versions, podman, OCI archives), named by its path
+    "directory": Kind(lambda name, entry: True, _made("directory", lambda a, d: str(unpacked(a, d)))),
+    # skopeo copy oci-archive:F oci:DIR:tag, named oci:DIR ...
+    "oci": Kind(lambda name, entry: _is_oci(entry), _made("oci", lambda a, d: "oci:" + str(oci_layout(a, d)))),
+    # ... and oci:DIR:REF, which picks the image by its ref
+    "oci-ref": Kind(lambda name, entry: _is_oci(entry),
+                    _made("oci-ref", lambda a, d: f"oci:{oci_layout(a, d, 'pick-me')}:pick-me")),
+    # skopeo copy docker-archive:F dir:DIR (one image a copy), named by its path: recognised by content
+    "skopeo-dir": Kind(lambda name, entry: entry["format"] in DOCKER_FORMATS and len(entry["images"]) == 1
+                       and not name.endswith(".gz"),
+                       _made("skopeo-dir", lambda a, d: str(skopeo_dir(a, d)))),
 }
 
 

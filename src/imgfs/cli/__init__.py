@@ -71,7 +71,8 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
         _cache_options(p, argparse.SUPPRESS)
     if "archive" in adders:
         p.add_argument("archive", metavar="ARCHIVE", type=nonempty("archive path"),
-                       help="image tarball (docker save, podman save, OCI archive)")
+                       help="image tarball (docker save, podman save, OCI archive), a directory holding one "
+                            "unpacked or an OCI layout (also oci:DIR[:REF], dir:DIR), or '-' for a pipe")
     if "select" in adders:
         p.add_argument("--image", metavar="REF", type=nonempty("image reference"), help=SELECT_HELP)
         p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", type=nonempty("platform"),
@@ -119,7 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("images", "list the images an archive holds (refs, digest, platform, layer count)", [base, as_json],
-        commands.images, "Columns: name, refs (comma-separated), manifest digest, config digest, platform, layers.")
+        commands.images, "Columns: name, refs (comma-separated), manifest digest, config digest, platform, layers.\n"
+        "Artifacts (attestations, signatures, SBOMs: never runnable) follow, four columns each: digest, kind,\n"
+        "artifactType or config media type, the image they describe.")
+    add("attestations", "list the attestations of an image (SBOM, provenance), as the mount's attestations/ has them",
+        [base, as_json], commands.attestations,
+        "Lines: NAME<TAB>SIZE, one per statement, named by predicate type (sbom.spdx.json, provenance.json).\n"
+        "--json adds each statement itself. buildx attestations and OCI 1.1 artifacts whose subject is the\n"
+        "image are both shown.")
     p = add("layers", "list the layers of an image, bottom to top", [base, as_json], commands.layers,
             "Columns: number, directory name, digest, blob size, tar entries, FILES and BYTES (regular files the\n"
             "layer writes, new or changed), WASTED (bytes of those that later layers delete or shadow),\n"

@@ -12,7 +12,7 @@ from ..archive import Layer
 from ..errors import ImgfsError
 from ..tarindex.store import Store
 from ..verify import verify_image
-from .common import cache_dir, image_for, open_for
+from .common import cache_dir, image_for, open_for, refuse_stream
 from .completion import script as completion_script
 from .output import Ui, clip, created, field, human, json_name, json_path, plural, short_digest, show_path
 
@@ -24,18 +24,55 @@ def images(args: argparse.Namespace, ui: Ui) -> int:
     """imgfs images: every image of the archive."""
     with open_for(args, ui) as a:
         chosen = a.select(args.image, args.platform) if args.image or args.platform else a.images
+        described = {i.digest: i.label for i in a.images if i.digest}
         if args.json:
             ui.json(json_name("archive", args.archive) | {"kind": a.kind, "images": [
                 {"label": i.label, "refs": i.refs, "digest": i.digest, "config_digest": i.config_digest,
                  "platform": i.platform, "layers": len(i.layers),
-                 "diff_ids": [la.diff_id for la in i.layers]} for i in chosen]})
+                 "diff_ids": [la.diff_id for la in i.layers]} for i in chosen],
+                "artifacts": [{"kind": d.kind, "digest": d.digest, "type": d.artifact_type, "subject": d.subject,
+                               "describes": described.get(d.subject or ""), "blobs": len(d.blobs)}
+                              for d in a.artifacts]})
             return 0
         rows = [[i.label, ",".join(i.refs) or "-", i.digest or "-", i.config_digest or "-", i.platform or "-",
                  str(len(i.layers))] for i in chosen]
         short = [r[:2] + [short_digest(i.digest), short_digest(i.config_digest)] + r[4:]
                  for r, i in zip(rows, chosen, strict=True)]
         ui.table(["NAME", "REFS", "DIGEST", "CONFIG", "PLATFORM", "LAYERS"], rows, short)
+        if a.artifacts:  # never runnable: apart from the images, four columns where images have six
+            if ui.tty:
+                ui.line("")
+            rows = [[d.digest, d.kind, d.artifact_type or "-", described.get(d.subject or "") or d.subject or "-"]
+                    for d in a.artifacts]
+            ui.table(["ARTIFACT", "KIND", "TYPE", "DESCRIBES"], rows,
+                     [[short_digest(r[0])] + r[1:3] + [short_digest(r[3]) if r[3].startswith("sha256:") else r[3]]
+                      for r in rows])
     return 0
+
+
+def attestations(args: argparse.Namespace, ui: Ui) -> int:
+    """imgfs attestations: the statements attached to the image (SBOM, provenance), as the mount shows them."""
+    with open_for(args, ui) as a:
+        img = image_for(a, args)
+        files = img.attestations()
+        if args.json:
+            ui.json({"archive": args.archive, "image": img.label, "digest": img.digest, "attestations": [
+                {"name": name, "size": len(data), "statement": _as_json(data)} for name, data in files]})
+            return 0
+        if not files:
+            ui.info(f"{img.label}: no attestations")
+        ui.table(["NAME", "SIZE"], [[name, str(len(data))] for name, data in files])
+    return 0
+
+
+def _as_json(data: bytes) -> object:
+    """A statement as JSON where it is JSON, else None."""
+    import json  # here: only --json needs it
+
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def _layer_facts(layer: Layer, ui: Ui) -> tuple[int | None, str | None]:
@@ -127,6 +164,7 @@ def _fuse() -> ModuleType:
 
 def mount(args: argparse.Namespace, ui: Ui) -> int:
     """imgfs mount: a read-only FUSE view of the image."""
+    refuse_stream(args)
     _fuse().mount(args.archive, args.mountpoint, image=args.image, platform=args.platform,
                   foreground=args.foreground or args.debug, options=",".join(args.options) if args.options else None,
                   allow_other=args.allow_other, debug=args.debug, log_file=args.log_file, warn=ui.warn,

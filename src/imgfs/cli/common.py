@@ -4,21 +4,45 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..archive import Archive, Image, Layer, open_archive
-from ..errors import FormatError, NotFoundError
+from ..errors import FormatError, NotFoundError, UsageError
+from ..stores import is_stream, split_transport
 from ..tree import Entry, Tree
 from .output import Ui, json_name, json_path
 
+# What can be answered in one pass over a pipe: listings, and files whose path is named here.
+ONE_PASS = ("images", "attestations", "layers", "ls", "find", "diff", "cat", "extract")
+
 
 def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
-    """Open the archive named on the command line, with warnings and progress going to the Ui."""
+    """Open the archive named on the command line, with warnings and progress going to the Ui.
+
+    `-`, a FIFO or a device is read in one pass (stream.py), keeping only the files that cat and
+    extract name; a command that needs random access says to save the archive first.
+    """
+    if args.archive == "-" or is_stream(args.archive):
+        refuse_stream(args)
+        from ..stream import open_stream_archive
+
+        keep = [args.path] if args.command == "cat" else list(args.paths) if args.command == "extract" else []
+        return open_stream_archive(sys.stdin.buffer if args.archive == "-" else args.archive, keep=keep,
+                                   subtrees=args.command == "extract", warn=ui.warn)
+    _, path, _ = split_transport(args.archive)
     try:
-        os.stat(args.archive)
+        os.stat(path)
     except OSError as e:  # say it once and plainly, before the engine tries to parse anything
         raise FormatError(f"{args.archive}: {e.strerror}") from None
     return open_archive(args.archive, warn=ui.warn, progress=ui.progress, cache_dir=cache_dir(args),
                         use_cache=not args.no_cache)
+
+
+def refuse_stream(args: argparse.Namespace) -> None:
+    """UsageError for a command that cannot work in one pass over a pipe."""
+    if (args.archive == "-" or is_stream(args.archive)) and args.command not in ONE_PASS:
+        raise UsageError(f"{args.command} needs random access to the archive, which a pipe cannot give: "
+                         "save it to a file first (docker save -o image.tar ...)")
 
 
 def cache_dir(args: argparse.Namespace) -> str | None:

@@ -2,35 +2,73 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 from ..errors import FormatError, SelectionError
 from .docker import parse_manifest_json
-from .model import ImageDesc, LayerDesc, MemberReader
+from .model import ArtifactDesc, ImageDesc, LayerDesc, MemberReader, load_json
 from .naming import layer_names, readable
-from .oci import parse_index_json
+from .oci import parse_index_json, parse_single_manifest
+from .refs import normalize_ref, same_ref
 
-__all__ = ["ImageDesc", "LayerDesc", "MemberReader", "describe", "host_platform", "layer_names",
-           "readable", "select_images"]
+__all__ = ["FORMATS", "ArtifactDesc", "Format", "ImageDesc", "LayerDesc", "MemberReader", "describe",
+           "host_platform", "layer_names", "normalize_ref", "readable", "select_images"]
+
+Parsed = tuple[list[ImageDesc], list[ArtifactDesc]]
 
 
-def describe(reader: MemberReader) -> tuple[str, list[ImageDesc]]:
-    """Name the archive's layout and describe every image in it."""
-    has_manifest = reader.exists("manifest.json")
-    has_index = reader.exists("index.json")
-    if has_manifest:
-        images = parse_manifest_json(reader)
-        if has_index:
-            kind = "docker-oci"
-            try:
-                _enrich(images, parse_index_json(reader))
-            except FormatError as e:  # manifest.json alone is enough to read the images
-                for img in images:
-                    img.warnings.append(f"index.json ignored: {e}")
-        else:
-            kind = "docker-archive"
-        return kind, images
-    if has_index:
-        return "oci-archive", parse_index_json(reader)
-    raise FormatError("not a container image archive (neither manifest.json nor index.json is in it)")
+class Format(NamedTuple):
+    """A layout: its name, whether a place holds it (from its content), and how to describe its images."""
+
+    kind: str
+    probe: Callable[[MemberReader], bool]
+    parse: Callable[[MemberReader], Parsed]
+
+
+def _single_manifest(reader: MemberReader) -> bool:
+    """skopeo's dir: layout: manifest.json is one JSON object, where docker save's is a list."""
+    if not reader.exists("manifest.json"):
+        return False
+    try:
+        return isinstance(load_json(reader.read("manifest.json"), "manifest.json"), dict)
+    except FormatError:
+        return False  # the docker parser names the problem
+
+
+def _docker(reader: MemberReader) -> Parsed:
+    return parse_manifest_json(reader), []
+
+
+def _docker_oci(reader: MemberReader) -> Parsed:
+    """docker save >= 25: manifest.json names the images; index.json adds digests, platforms, attestations."""
+    images = parse_manifest_json(reader)
+    try:
+        oci, artifacts = parse_index_json(reader)
+    except FormatError as e:  # manifest.json alone is enough to read the images
+        for img in images:
+            img.warnings.append(f"index.json ignored: {e}")
+        return images, []
+    _enrich(images, oci)
+    return images, artifacts
+
+
+# Tried in this order; the first whose probe says yes describes the place.
+FORMATS: list[Format] = [
+    Format("skopeo-dir", _single_manifest, parse_single_manifest),  # before docker: both have a manifest.json
+    Format("docker-oci", lambda r: r.exists("manifest.json") and r.exists("index.json"), _docker_oci),
+    Format("docker-archive", lambda r: r.exists("manifest.json"), _docker),
+    Format("oci-archive", lambda r: r.exists("index.json"), parse_index_json),
+]
+
+
+def describe(reader: MemberReader) -> tuple[str, list[ImageDesc], list[ArtifactDesc]]:
+    """Name the place's layout and describe every image in it, and apart from them every artifact."""
+    for fmt in FORMATS:
+        if fmt.probe(reader):
+            images, artifacts = fmt.parse(reader)
+            return fmt.kind, images, artifacts
+    raise FormatError("not a container image archive or layout (neither manifest.json nor index.json is in it)")
 
 
 def _enrich(images: list[ImageDesc], oci: list[ImageDesc]) -> None:
@@ -81,6 +119,8 @@ def _ref_matches(img: ImageDesc, ref: str) -> bool:
                 return True
     want = [ref] if ":" in ref.rsplit("/", 1)[-1] or "@" in ref else [ref, ref + ":latest"]
     for have in img.refs:
+        if same_ref(have, ref):  # as Docker reads them: app = library/app = docker.io/library/app:latest
+            return True
         for w in want:
             if have == w or have.endswith("/" + w):
                 return True

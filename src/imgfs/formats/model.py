@@ -53,6 +53,24 @@ class ImageDesc:
         return f"ImageDesc(refs={self.refs!r}, config_member={self.config_member!r}, platform={self.platform!r})"
 
 
+class ArtifactDesc:
+    """A manifest that is not a runnable image: a buildx attestation, or an OCI 1.1 artifact (SBOM, signature).
+
+    `kind` is "attestation" or "artifact"; `artifact_type` its artifactType, else its config's media type;
+    `subject` the manifest digest of the image it describes (OCI `subject`, or buildx's
+    `vnd.docker.reference.digest`); `blobs` its layers with the in-toto predicate type each declares.
+    """
+
+    def __init__(self, kind: str, digest: str, artifact_type: str | None, subject: str | None,
+                 blobs: list[tuple[LayerDesc, str | None]], refs: list[str] | None = None) -> None:
+        self.kind, self.digest, self.artifact_type, self.subject = kind, digest, artifact_type, subject
+        self.blobs = blobs
+        self.refs: list[str] = refs or []
+
+    def __repr__(self) -> str:
+        return f"ArtifactDesc({self.kind!r}, {self.digest!r}, type={self.artifact_type!r}, subject={self.subject!r})"
+
+
 def load_json(data: bytes, what: str) -> Any:
     """Parse JSON, turning every failure into a FormatError that names `what`."""
     if len(data) > MAX_JSON:

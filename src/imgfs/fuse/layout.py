@@ -131,6 +131,8 @@ class Layout:
         self._add(base + b"/config.json", FILE, data=img.desc.config_bytes)
         self._add(base + b"/manifest.json", FILE, data=manifest_bytes(archive, img))
         self._tree(base + b"/merged", img.merged)
+        for name, data in img.attestations():  # attestations/ (implied by its files) only where there are some
+            self._add(base + b"/attestations/" + os.fsencode(name), FILE, data=data)
         self._add(base + b"/layers", DIR)
         for layer in img.layers:
             self._tree(base + b"/layers/" + os.fsencode(layer.name),

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..archive import Archive, Image, open_archive
 from ..errors import ImgfsError, SelectionError, UsageError
+from ..stores import absolute
 
 READY = b"\0imgfs-ready\n"
 READY_TIMEOUT = 30.0
@@ -85,7 +86,7 @@ OWNER_OPTIONS = ("uid", "gid", "umask")  # high-level options imgfs applies itse
 
 def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[str, Any]:
     """The -o options for libfuse: read-only, named after the archive, plus the user's."""
-    opts: dict[str, Any] = {"ro": True, "fsname": _escape(os.path.abspath(archive)), "subtype": "imgfs"}
+    opts: dict[str, Any] = {"ro": True, "fsname": _escape(absolute(archive)), "subtype": "imgfs"}
     if allow_other:
         opts["allow_other"] = True
     for item in (options or "").split(","):
@@ -291,7 +292,7 @@ def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: 
     _load_bridge()
     opts = fuse_options(archive, options, allow_other)
     mp = _check_mountpoint(mountpoint, "nonempty" in opts)
-    archive = os.path.abspath(archive)
+    archive = absolute(archive)  # oci:DIR:REF keeps its prefix and ref
     if log_file:
         log_file = os.path.abspath(log_file)
         try:

@@ -8,12 +8,13 @@ registry by the digests it serves. `open_store` picks the store from what the us
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 from ..errors import FormatError
 from .base import BlobStore
 
-__all__ = ["BlobStore", "open_store", "split_transport"]
+__all__ = ["BlobStore", "absolute", "is_stream", "open_store", "split_transport"]
 
 
 def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
@@ -22,15 +23,42 @@ def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) 
     return TarballStore(path, ref=ref, cache=options.get("cache"), progress=options.get("progress"))  # type: ignore[arg-type]
 
 
+def _directory(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
+    from .layout import DirectoryStore
+
+    if not any(os.path.lexists(os.path.join(path, top)) for top in ("manifest.json", "index.json")):
+        raise FormatError("is a directory, not an image archive or layout (no manifest.json or index.json in it)")
+    return DirectoryStore(path, ref=ref)
+
+
+def _stream(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
+    raise FormatError("is a pipe or a device: it can be read only once, in one pass (imgfs reads it so "
+                      "when named as '-' or as such a file: find, cat, extract, ls, layers, diff, images); "
+                      "for anything else, save it to a file first")
+
+
+def is_stream(path: str) -> bool:
+    """Whether `path` is a FIFO, a character device or a socket: bytes that can be read once, without seeking."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
 # Transport prefix (skopeo's syntax) -> opener. A plain path has no prefix and goes to the probes below.
 # Each opener takes (what the user wrote, the path or reference after the prefix, an image ref or None, options).
 Opener = Callable[[str, str, "str | None", "dict[str, object]"], BlobStore]
 TRANSPORTS: dict[str, Opener] = {
     "docker-archive:": _tarball,
     "oci-archive:": _tarball,
+    "oci:": _directory,  # an OCI image layout directory, oci:DIR[:REF]
+    "dir:": _directory,  # skopeo's dir: layout
 }
 # Plain paths: (probe, opener), tried in order; the first probe that says yes opens the path.
 PROBES: list[tuple[Callable[[str], bool], Opener]] = [
+    (os.path.isdir, _directory),
+    (is_stream, _stream),
     (lambda p: not os.path.isdir(p), _tarball),
 ]
 
@@ -53,6 +81,16 @@ def split_transport(name: str) -> tuple[str | None, str, str | None]:
     return None, name, None
 
 
+def absolute(name: str) -> str:
+    """`name` with its path made absolute, its transport prefix and ref kept (a daemon changes directory)."""
+    prefix, rest, ref = split_transport(name)
+    if prefix is None:
+        return os.path.abspath(name)
+    if prefix.endswith("://"):
+        return name
+    return prefix + os.path.abspath(rest) + (":" + ref if ref else "")
+
+
 def open_store(name: str, **options: object) -> BlobStore:
     """Open the store for `name`: a transport reference (docker://..., oci:DIR, ...) or a plain path.
 
@@ -64,6 +102,4 @@ def open_store(name: str, **options: object) -> BlobStore:
     for probe, opener in PROBES:
         if probe(rest):
             return opener(name, rest, None, options)
-    if os.path.isdir(rest):
-        raise FormatError("is a directory, not an image archive or layout")
     raise FormatError("is not an image archive")

@@ -151,8 +151,13 @@ def _skip(size: int) -> int:
     return (size + 511) & ~511
 
 
-def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> MemberIndex:
-    """Index every member of the tar stream in `src` by reading headers only."""
+def scan(src: Source, progress: Callable[[int, int], None] | None = None,
+         on_member: Callable[[bytes, int, int, int, bytes | None], None] | None = None) -> MemberIndex:
+    """Index every member of the tar stream in `src` by reading headers only.
+
+    `on_member(name, kind, data offset, data size, link target)` hears of each member as it is recorded, before the
+    scan reads past its data: a one-pass reader of a pipe consumes the data there (stream.py).
+    """
     idx = MemberIndex()
     total = src.size
     buf = b""
@@ -342,6 +347,8 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None) -> Mem
                         vouch = False  # where its data starts is not known, so neither is where to digest
                 if end > total:
                     idx.broken[i] = "the member's data is cut off (truncated archive)"
+                if on_member is not None:
+                    on_member(norm, t, data_off, data_len, link)
             if end > total:
                 raise TruncatedError(f"member {show(full[-80:])} at offset {off} runs past the end of the data")
             off = data_off + _skip(end - data_off)

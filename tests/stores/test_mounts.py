@@ -1,0 +1,74 @@
+"""Places other than a tarball, mounted: merged/ of a directory layout equals the truth; attestations/ of an image."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import imgfs.fuse
+from attestmaker import buildx_archive
+from conftest import IMAGES, truth_index
+from layouts import oci_layout, skopeo_dir, unpacked
+from truthlib import diff, listing_from_dir, load_truth
+
+
+def _mounted(path: Path) -> bool:
+    target = os.fsencode(os.path.abspath(path)).replace(b" ", b"\\040")
+    with open("/proc/mounts", "rb") as fh:
+        return any(line.split(b" ")[1] == target for line in fh)
+
+
+@pytest.fixture
+def mount(need_fuse: None, tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """mount(place, **kw) -> mountpoint, in the background; every mount is undone at the end, even on failure."""
+    points: list[Path] = []
+
+    def do(place: str | Path, **kw: object) -> Path:
+        mp = tmp_path / f"mnt{len(points)}"
+        mp.mkdir()
+        points.append(mp)
+        imgfs.fuse.mount(str(place), str(mp), cache_dir=str(tmp_path / "cache"), log_file=str(mp) + ".log", **kw)
+        return mp
+
+    try:
+        yield do
+    finally:
+        for mp in points:
+            for args in (["-u"], ["-uz"]):
+                if _mounted(mp):
+                    subprocess.run(["fusermount", *args, str(mp)], capture_output=True)
+
+
+PLACES = {
+    "unpacked docker save (>= 25)": ("seed.docker-oci.tar", lambda a, d: unpacked(a, d)),
+    "unpacked docker save (<= 24)": ("links.docker-legacy.tar", lambda a, d: unpacked(a, d)),
+    "unpacked podman docker-archive": ("meta.podman-docker.tar", lambda a, d: unpacked(a, d)),
+    "oci:DIR": ("whiteout.skopeo-oci-gzip.tar", lambda a, d: "oci:" + str(oci_layout(a, d))),
+    "skopeo dir:": ("multistage.docker-oci.tar", lambda a, d: skopeo_dir(a, d)),
+}
+
+
+@pytest.mark.parametrize("kind", PLACES)
+def test_a_mounted_directory_layout_shows_the_truth_in_merged(kind: str, mount, tmp_path: Path) -> None:
+    name, make = PLACES[kind]
+    entry = truth_index()[name]["images"][0]
+    mp = mount(make(IMAGES / name, tmp_path / "place"))
+    problems = diff(load_truth(entry["rootfs_truth"][0]), listing_from_dir(mp / "merged"))
+    assert not problems, f"{kind}: {len(problems)} differences\n" + "\n".join(problems[:15])
+    assert len(os.listdir(mp / "layers")) == len(entry["diff_ids"])
+
+
+def test_the_mount_shows_each_attestation_statement_beside_layers_and_merged(mount, tmp_path: Path) -> None:
+    path, amd, arm, docs = buildx_archive(tmp_path)
+    mp = mount(path, platform="linux/arm64")
+    assert sorted(os.listdir(mp)) == ["attestations", "config.json", "layers", "manifest.json", "merged"]
+    assert sorted(os.listdir(mp / "attestations")) == ["provenance.json", "sbom.spdx.json"]
+    assert json.loads((mp / "attestations" / "sbom.spdx.json").read_bytes()) == docs["arm-sbom"]
+    assert json.loads((mp / "attestations" / "provenance.json").read_bytes()) == docs["arm-prov"]
+    with pytest.raises(OSError):
+        (mp / "attestations" / "sbom.spdx.json").write_text("{}")
