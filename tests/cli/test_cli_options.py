@@ -15,6 +15,7 @@ SEED = str(IMAGES / "seed.docker-oci.tar")
 # Every subcommand, said twice: options first, then options after (or between) the positional arguments.
 ORDERS = {
     "images": (["--json", SEED], [SEED, "--json"]),
+    "attestations": (["--json", SEED], [SEED, "--json"]),
     "layers": (["--names", "--platform", "linux/amd64", SEED], [SEED, "--names", "--platform", "linux/amd64"]),
     "diff": (["--layer", "3", "--json", SEED], [SEED, "--json", "--layer", "3"]),
     "ls": ([SEED, "-l", "--layer", "3", "/app"], [SEED, "/app", "-l", "--layer", "3"]),
@@ -46,7 +47,7 @@ def test_options_before_and_after_positionals_parse_alike(sub):
     assert vars(a).get("archive", SEED) == SEED
 
 
-@pytest.mark.parametrize("sub", ["images", "layers", "diff", "ls", "find", "cat", "verify"])
+@pytest.mark.parametrize("sub", ["images", "attestations", "layers", "diff", "ls", "find", "cat", "verify"])
 def test_options_before_and_after_positionals_print_alike(capsysbinary, sub):
     first, last = ORDERS[sub]
     a, b = run(capsysbinary, sub, *first), run(capsysbinary, sub, *last)
