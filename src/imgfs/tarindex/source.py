@@ -338,17 +338,22 @@ def decompress_to(src: Source, kind: str, out: BinaryIO, limit: int | None = Non
         except ImportError:  # pragma: no cover - a declared dependency
             raise FormatError("zstd data needs the 'zstandard' package") from None
         error: type[Exception] = zstandard.ZstdError
-        declared = zstandard.frame_content_size(src.pread(0, min(18, src.size)))  # -1: not declared
-        if limit is not None and declared > limit:
-            raise _bomb(limit)
     else:
         error = zlib.error
     total = 0
+    # Read in order only, the first chunk included: a pipe's bytes can be read once (stream.py).
     reader = _SourceReader(src)
+    chunk = reader.read(_CHUNK)
+    if kind == "zstd" and limit is not None:
+        try:
+            declared = zstandard.frame_content_size(chunk[:18])  # -1: not declared
+        except zstandard.ZstdError:
+            declared = -1  # not a frame header: the decompressor below says what is wrong
+        if declared > limit:
+            raise _bomb(limit)
     d = _Inflater(kind)
     started = False  # bytes of the current gzip member / zstd frame have been fed
     while True:
-        chunk = reader.read(_CHUNK)
         if not chunk:
             break
         while chunk:
@@ -376,6 +381,7 @@ def decompress_to(src: Source, kind: str, out: BinaryIO, limit: int | None = Non
                 chunk = d.unused()
                 d = _Inflater(kind)
                 started = False
+        chunk = reader.read(_CHUNK)
     if started:
         raise TruncatedError(f"{kind} stream ends early (truncated)")
     return total
