@@ -28,8 +28,8 @@ def legacy_dir(tmp_path: Path) -> tuple[Path, list[str]]:
     return unpacked(Path(b.save(tmp_path / "app.tar")), tmp_path / "app"), entry["Layers"]
 
 
-def files(img: imgfs.Image) -> dict[str, bytes]:
-    tree = img.merged()
+def files(img: imgfs.Image, partial: bool = False) -> dict[str, bytes]:
+    tree = img.merged(partial=partial)
     return {p.decode(): b"".join(tree.read_all(r)) for p, r in tree.walk() if tree.entry_for(p, r).kind == "file"}
 
 
@@ -62,7 +62,9 @@ def test_a_symlink_out_of_the_directory_leads_nowhere(tmp_path: Path, how: str) 
         assert not a.blobs.exists(layers[1])
         with pytest.raises(FormatError, match="missing from the directory"):
             a.blobs.open(layers[1])
-        assert files(a.image()) == {"etc/lower": b"lower"}
+        with pytest.raises(FormatError, match="cannot be read"):  # never the lower layer's stale view
+            files(a.image())
+        assert files(a.image(), partial=True) == {"etc/lower": b"lower"}
     assert any("missing" in w for w in warnings), warnings
 
 
@@ -83,8 +85,8 @@ def test_origin_names_the_blob_file_itself_and_changes_with_it(tmp_path: Path) -
     try:
         before = store.origin(layers[0])
         st = os.stat(place / layers[0])
-        assert before == f"file:{place / layers[0]}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:" \
-                         f"{st.st_ctime_ns}"
+        assert before.startswith(f"file:{place / layers[0]}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:"
+                                 f"{st.st_ctime_ns}:")  # then a hash of its first and last blocks
     finally:
         store.close()
     os.utime(place / layers[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))

@@ -25,16 +25,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not hang us
 
 
-class BlobFile(FileSource):
-    """One blob file, already opened safely: reads and identity as FileSource has them."""
-
-    def __init__(self, fd: int, path: str) -> None:  # noqa: D107 - FileSource's fields, from an open descriptor
-        self.path, self.fd = path, fd
-        st = os.fstat(fd)
-        self.size = st.st_size
-        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 class DirectoryStore:
     """Files of one directory by their path below it, symlinks followed only inside it."""
 
@@ -50,7 +40,7 @@ class DirectoryStore:
         except OSError as e:
             raise FormatError(f"{path}: cannot open: {e.strerror}") from None
         self._lock = threading.Lock()
-        self._files: dict[str, BlobFile | None] = {}  # by the path asked for; None: not there
+        self._files: dict[str, FileSource | None] = {}  # by the path asked for; None: not there
 
     def _walk(self, key: bytes) -> tuple[int, bytes] | bytes | None:
         """(open descriptor, resolved path) of the regular file at `key`; a new key where a symlink
@@ -84,19 +74,19 @@ class DirectoryStore:
             if fd >= 0:
                 os.close(fd)
 
-    def _file(self, path: str) -> BlobFile | None:
+    def _file(self, path: str) -> FileSource | None:
         with self._lock:
             if path in self._files:
                 return self._files[path]
         key = normalize(path.encode("utf-8", "surrogateescape"))
-        hit: BlobFile | None = None
+        hit: FileSource | None = None
         for _ in range(MAX_LINK_HOPS):
             if not key:
                 break
             step = self._walk(key)
             if isinstance(step, tuple):
                 fd, resolved = step
-                hit = BlobFile(fd, os.path.join(self.root, os.fsdecode(resolved)))
+                hit = FileSource(os.path.join(self.root, os.fsdecode(resolved)), fd=fd)
                 break
             key = step
         with self._lock:
@@ -111,7 +101,7 @@ class DirectoryStore:
         """Whether a regular file is at `path` (after following symlinks inside the directory)."""
         return self._file(path) is not None
 
-    def open(self, path: str) -> BlobFile:
+    def open(self, path: str) -> FileSource:
         """The file's bytes, read in place."""
         f = self._file(path)
         if f is None:
