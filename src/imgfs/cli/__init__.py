@@ -35,7 +35,10 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
     if "cache" in adders:
         _cache_options(p, argparse.SUPPRESS)
     if "archive" in adders:
-        p.add_argument("archive", metavar="ARCHIVE", help="image tarball (docker save, podman save, OCI archive)")
+        p.add_argument("archive", metavar="ARCHIVE",
+                       help="image tarball (docker save, podman save, OCI archive) or docker://HOST/REPO:TAG")
+    if "archive" in adders:
+        _registry_options(p)
     if "select" in adders:
         p.add_argument("--image", metavar="REF", help=SELECT_HELP)
         p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="pick the image of this platform")
@@ -44,6 +47,23 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
     if "json" in adders:
         p.add_argument("--json", action="store_true", help="print JSON instead of tab-separated lines")
     return p
+
+
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registry (for ARCHIVE given as docker://HOST[:PORT]/REPO[:TAG|@DIGEST])")
+    g.add_argument("--creds", metavar="USER[:PASS]", help="credentials (default: the auth files, as skopeo)")
+    g.add_argument("--tls-verify", metavar="BOOL", type=_bool, default=True,
+                   help="verify TLS and require HTTPS (default true; false also allows plain HTTP)")
+    g.add_argument("--cert-dir", metavar="DIR", help="CA certificates (*.crt) and client certificates "
+                                                      "(*.cert with *.key) for the registry")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def _cache_options(p: argparse.ArgumentParser, default: object) -> None:

@@ -7,18 +7,26 @@ import os
 
 from ..archive import Archive, Image, Layer, open_archive
 from ..errors import FormatError, NotFoundError
+from ..stores import is_reference
 from ..tree import Entry, Tree
 from .output import Ui, show_path
 
 
 def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
     """Open the archive named on the command line, with warnings and progress going to the Ui."""
-    try:
-        os.stat(args.archive)
-    except OSError as e:  # say it once and plainly, before the engine tries to parse anything
-        raise FormatError(f"{args.archive}: {e.strerror}") from None
+    if not is_reference(args.archive):
+        try:
+            os.stat(args.archive)
+        except OSError as e:  # say it once and plainly, before the engine tries to parse anything
+            raise FormatError(f"{args.archive}: {e.strerror}") from None
     return open_archive(args.archive, warn=ui.warn, progress=ui.progress, cache_dir=cache_dir(args),
-                        use_cache=not args.no_cache)
+                        use_cache=not args.no_cache, store_options=store_options(args))
+
+
+def store_options(args: argparse.Namespace) -> dict[str, object]:
+    """--creds, --tls-verify and --cert-dir, for a registry reference (other stores ignore them)."""
+    return {"creds": getattr(args, "creds", None), "tls_verify": getattr(args, "tls_verify", True),
+            "cert_dir": getattr(args, "cert_dir", None)}
 
 
 def cache_dir(args: argparse.Namespace) -> str | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..archive import Archive, Image, open_archive
+from ..stores import is_reference
 from ..errors import ImgfsError, SelectionError, UsageError
 
 READY = b"\0imgfs-ready\n"
@@ -85,7 +86,7 @@ OWNER_OPTIONS = ("uid", "gid", "umask")  # high-level options imgfs applies itse
 
 def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[str, Any]:
     """The -o options for libfuse: read-only, named after the archive, plus the user's."""
-    opts: dict[str, Any] = {"ro": True, "fsname": _escape(os.path.abspath(archive)), "subtype": "imgfs"}
+    opts: dict[str, Any] = {"ro": True, "fsname": _escape(archive if is_reference(archive) else os.path.abspath(archive)), "subtype": "imgfs"}
     if allow_other:
         opts["allow_other"] = True
     for item in (options or "").split(","):
@@ -284,14 +285,14 @@ def _wait_ready(fd: int, mp: str, timeout: float) -> None:
 def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: str | None = None,
           foreground: bool = False, options: str | None = None, allow_other: bool = False,
           debug: bool = False, log_file: str | None = None, warn: Callable[[str], None] | None = None,
-          cache_dir: str | None = None, use_cache: bool = True) -> None:
+          cache_dir: str | None = None, use_cache: bool = True, store_options: dict[str, Any] | None = None) -> None:
     """Mount an archive read-only; in the background (default) return once the mount answers.
 
     cache_dir/use_cache go to open_archive (the engine's index cache)."""
     _load_bridge()
     opts = fuse_options(archive, options, allow_other)
     mp = _check_mountpoint(mountpoint, "nonempty" in opts)
-    archive = os.path.abspath(archive)
+    archive = archive if is_reference(archive) else os.path.abspath(archive)
     if log_file:
         log_file = os.path.abspath(log_file)
         try:
@@ -299,7 +300,8 @@ def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: 
                 pass
         except OSError as e:
             raise ImgfsError(f"log file {log_file}: {e.strerror}") from None
-    open_kw: dict[str, Any] = {"cache_dir": cache_dir, "use_cache": use_cache}
+    # The daemon is forked, not executed: credentials in store_options never reach a command line.
+    open_kw: dict[str, Any] = {"cache_dir": cache_dir, "use_cache": use_cache, "store_options": store_options}
     with open_archive(archive, warn=warn, **open_kw) as arch:
         chosen = arch.select(image, platform)
         if not chosen:

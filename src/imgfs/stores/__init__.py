@@ -13,7 +13,7 @@ from collections.abc import Callable
 from ..errors import FormatError
 from .base import BlobStore
 
-__all__ = ["BlobStore", "open_store", "split_transport"]
+__all__ = ["BlobStore", "is_reference", "open_store", "split_transport"]
 
 
 def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
@@ -22,12 +22,19 @@ def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) 
     return TarballStore(path, ref=ref, cache=options.get("cache"), progress=options.get("progress"))  # type: ignore[arg-type]
 
 
+def _registry(name: str, rest: str, ref: str | None, options: dict[str, object]) -> BlobStore:
+    from .registry import open_registry  # here: few commands use the network, every one imports imgfs
+
+    return open_registry(name, rest, ref, options)
+
+
 # Transport prefix (skopeo's syntax) -> opener. A plain path has no prefix and goes to the probes below.
 # Each opener takes (what the user wrote, the path or reference after the prefix, an image ref or None, options).
 Opener = Callable[[str, str, "str | None", "dict[str, object]"], BlobStore]
 TRANSPORTS: dict[str, Opener] = {
     "docker-archive:": _tarball,
     "oci-archive:": _tarball,
+    "docker://": _registry,
 }
 # Plain paths: (probe, opener), tried in order; the first probe that says yes opens the path.
 PROBES: list[tuple[Callable[[str], bool], Opener]] = [
@@ -53,10 +60,16 @@ def split_transport(name: str) -> tuple[str | None, str, str | None]:
     return None, name, None
 
 
+def is_reference(name: str) -> bool:
+    """Whether `name` is a network reference (docker://...), which is no path to make absolute."""
+    return name.startswith("docker://")
+
+
 def open_store(name: str, **options: object) -> BlobStore:
     """Open the store for `name`: a transport reference (docker://..., oci:DIR, ...) or a plain path.
 
-    Options: cache (a tarindex Store or None), progress(done, total) for a first look at a big archive.
+    Options: cache (a tarindex Store or None), progress(done, total) for a first look at a big archive;
+    for registries creds ("USER[:PASS]"), tls_verify, cert_dir, timeout (seconds).
     """
     prefix, rest, ref = split_transport(name)
     if prefix is not None:

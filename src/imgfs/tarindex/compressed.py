@@ -65,6 +65,9 @@ class GzipSource:
         _OPEN.add(self)
 
     def _file_window(self) -> tuple[str, int, int] | None:
+        local = getattr(self.src, "local_window", None)
+        if local is not None:  # a remote blob: one verified download, then the pass reads that file
+            return local()
         s: Source = self.src
         base = 0
         while isinstance(s, SliceSource):
@@ -113,7 +116,9 @@ class GzipSource:
 
     def _make(self) -> None:
         """Make the seek points in a first pass over the stream, or fall back to a private copy."""
-        window = self._file_window() if self.src.size >= SMALL_GZIP else None
+        # A remote blob makes seek points even when small: a later open then needs no download to know its size.
+        remote = hasattr(self.src, "local_window")
+        window = self._file_window() if self.src.size >= SMALL_GZIP or remote else None
         made = self._first_pass(window) if window is not None else None
         if made is None:
             self._fallback = SpoolSource(self.src, "gzip")
