@@ -34,6 +34,9 @@ KINDS: dict[str, Kind] = {
     "tarball": Kind(lambda name, entry: True, lambda name, tmp, request: str(IMAGES / name)),
     "transport": Kind(lambda name, entry: not name.endswith(".gz"),
                       lambda name, tmp, request: _transport(name, truth_index()[name])),
+    # Pushed by skopeo into the session's loopback registry (tests/stores/conftest.py), read as docker://.
+    "registry": Kind(lambda name, entry: len(entry["images"]) == 1 and not name.endswith(".gz"),
+                     lambda name, tmp, request: request.getfixturevalue("registry").push(name)),
 }
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..archive import Archive, Image, open_archive
-from ..stores import is_reference
 from ..errors import ImgfsError, SelectionError, UsageError
+from ..stores import is_reference
 
 READY = b"\0imgfs-ready\n"
 READY_TIMEOUT = 30.0
@@ -86,7 +86,8 @@ OWNER_OPTIONS = ("uid", "gid", "umask")  # high-level options imgfs applies itse
 
 def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[str, Any]:
     """The -o options for libfuse: read-only, named after the archive, plus the user's."""
-    opts: dict[str, Any] = {"ro": True, "fsname": _escape(archive if is_reference(archive) else os.path.abspath(archive)), "subtype": "imgfs"}
+    name = archive if is_reference(archive) else os.path.abspath(archive)
+    opts: dict[str, Any] = {"ro": True, "fsname": _escape(name), "subtype": "imgfs"}
     if allow_other:
         opts["allow_other"] = True
     for item in (options or "").split(","):

@@ -95,10 +95,10 @@ class Client:
         self.requests = 0  # counted for the benchmark and the tests
 
     # -- connections ---------------------------------------------------------------------------
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def _connection(self, scheme: str, netloc: str, reuse: bool = True) -> http.client.HTTPConnection:
         with self._lock:
             idle = self._idle.get((scheme, netloc))
-            if idle:
+            if idle and reuse:
                 return idle.pop()
             if scheme == "https" and netloc not in self._contexts:
                 self._contexts[netloc] = tls_context(netloc, self.tls_verify, self.cert_dir)
@@ -186,14 +186,22 @@ class Client:
         ok = False
         try:
             self.requests += 1
-            conn.request(method, target, headers={"User-Agent": "imgfs", **headers})
-            r = conn.getresponse()
+            try:
+                conn.request(method, target, headers={"User-Agent": "imgfs", **headers})
+                r = conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A kept-alive connection the server had closed: once more on a new one, at no retry's cost.
+                conn.close()
+                conn = self._connection(scheme, netloc, reuse=False)
+                conn.request(method, target, headers={"User-Agent": "imgfs", **headers})
+                r = conn.getresponse()
             length = r.getheader("Content-Length")
             if length is not None and length.isdigit() and int(length) > limit and not (
                     sink and 200 <= r.status < 300):
                 raise _TooLarge(int(length))
             body = b"" if method == "HEAD" else b"".join(self._body(r, limit, sink if 200 <= r.status < 300 else None))
             ok = not r.will_close
+            r.close()  # read to its end: the connection is free for the next request
             return Response(f"{scheme}://{netloc}{target}", r.status, r.headers, body)
         finally:
             if ok:

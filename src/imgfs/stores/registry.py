@@ -206,7 +206,12 @@ class RegistryStore:
             return False
         if digest in self._docs or digest in self._descs:
             return True
-        return self.blob_get(digest, {"Range": "bytes=0-0"}, limit=MAX_JSON).status in (200, 206)
+        try:
+            return self.blob_get(digest, {"Range": "bytes=0-0"}, limit=MAX_JSON).status in (200, 206)
+        except FormatError as e:
+            if "is not in the registry" in str(e):
+                return False
+            raise
 
     def read(self, path: str) -> bytes:
         """A layout file, a manifest (by digest) or a config blob, whole and checked against its digest."""

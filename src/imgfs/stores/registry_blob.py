@@ -8,12 +8,14 @@ temporary file while hashing it: nothing derived from a blob is kept before its 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
 import re
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
@@ -26,7 +28,11 @@ from .http import Response
 
 BLOCK = 512 << 10  # the unit of range requests and of the range cache
 MEMORY_BLOCKS = 128  # blocks kept in memory (64 MiB), the only copy with --no-cache
+HEAD = 64  # the first bytes of a compressed blob, fetched and cached apart (its magic is all that is read)
 FULL_PASS = 1 << 20  # a read this long from the start of a compressed blob is a decompressor's first pass
+# A compressed blob this small is kept whole in the range cache after its pass (its pass is made again
+# from there, a zlib pass over a few MiB); a larger gzip blob gets seek points and is read by ranges later.
+KEEP_WHOLE = 8 << 20
 WHOLE_IF_RANGE_IGNORED = 64 << 20  # a server that ignores Range is put up with for blobs this small
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -94,6 +100,16 @@ class _Spool:
         self.size += len(chunk)
 
 
+_OPEN: weakref.WeakSet[RegistryBlob] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Downloaded copies are private temporary files: none is left behind by a process that forgot to close.
+    for b in list(_OPEN):
+        b.close()
+
+
 class RegistryBlob:
     """A blob of `size` bytes named by `digest`; `compression` is what its media type says it holds."""
 
@@ -107,6 +123,7 @@ class RegistryBlob:
         self._path: str | None = None
         self._lock = threading.Lock()
         self.downloaded = 0  # bytes this blob fetched from the network
+        _OPEN.add(self)
 
     def pread(self, offset: int, length: int) -> bytes:
         """`length` bytes at `offset`: from the downloaded copy, else by range requests."""
@@ -119,6 +136,8 @@ class RegistryBlob:
         local = self._local
         if local is not None:
             return local.pread(offset, length)
+        if offset == 0 and length <= HEAD and self.compression:
+            return self._head()[:length]
         first, last = offset // BLOCK, (offset + length - 1) // BLOCK
         blocks: dict[int, bytes] = {}
         missing: list[int] = []
@@ -133,6 +152,21 @@ class RegistryBlob:
         data = b"".join(blocks[b] for b in range(first, last + 1))
         skip = offset - first * BLOCK
         return data[skip:skip + length]
+
+    def _head(self) -> bytes:
+        """The first bytes of a compressed blob (its magic is sniffed before any pass): one small request."""
+        key = f"{self.cache_key}#head"
+        data = self.cache.get(key)
+        if data is None:
+            n = min(HEAD, self.size)
+            resp = self.fetcher.blob_get(self.digest, {"Range": f"bytes=0-{n - 1}"}, limit=WHOLE_IF_RANGE_IGNORED)
+            if resp.status not in (200, 206) or len(resp.body) < n:
+                raise TruncatedError(f"{self.where}: the blob is shorter than its descriptor ({self.size} bytes)")
+            data = resp.body[:n]
+            self.downloaded += len(resp.body)
+            self._check_magic(data)
+            self.cache.put(key, data)
+        return data
 
     def _fetch(self, first: int, last: int) -> dict[int, bytes]:
         """Blocks first..last in one range request, checked and cached."""
@@ -179,18 +213,26 @@ class RegistryBlob:
             try:
                 with os.fdopen(fd, "w+b") as fh:
                     spool = _Spool(fh, self.size)
-                    resp = self.fetcher.blob_get(self.digest, {}, limit=self.size, sink=spool)
-                    if resp.status != 200:
-                        raise FormatError(f"{self.where}: HTTP {resp.status} for the blob")
+                    cached = self._cached_whole()
+                    if cached is not None:
+                        spool(cached)
+                    else:
+                        resp = self.fetcher.blob_get(self.digest, {}, limit=self.size, sink=spool)
+                        if resp.status != 200:
+                            raise FormatError(f"{self.where}: HTTP {resp.status} for the blob")
+                        self.downloaded += spool.size
                 if spool.size != self.size:
                     raise TruncatedError(f"{self.where}: the registry sent {spool.size} bytes, the manifest says "
                                          f"{self.size}")
                 if "sha256:" + spool.hash.hexdigest() != self.digest:
                     raise FormatError(f"{self.where}: the blob's bytes do not match its digest")
-                self.downloaded += spool.size
-                if self.compression:
-                    with open(path, "rb") as fh:
+                with open(path, "rb") as fh:
+                    if self.compression:
                         self._check_magic(fh.read(8))
+                    if cached is None and self.size <= KEEP_WHOLE:
+                        fh.seek(0)
+                        for b in range((self.size + BLOCK - 1) // BLOCK):
+                            self.cache.put(f"{self.cache_key}#{b}", fh.read(BLOCK))
                 self._local = FileSource(path)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -198,6 +240,18 @@ class RegistryBlob:
                 raise
             self._path = path
             return path
+
+    def _cached_whole(self) -> bytes | None:
+        """A small blob whole from the range cache (a later pass over it then costs no download), or None."""
+        if self.size > KEEP_WHOLE:
+            return None
+        parts = []
+        for b in range((self.size + BLOCK - 1) // BLOCK):
+            data = self.cache.get(f"{self.cache_key}#{b}")
+            if data is None:
+                return None
+            parts.append(data)
+        return b"".join(parts)
 
     def local_window(self) -> tuple[str, int, int]:
         """(path, offset, length) of a local file holding these very bytes: for passes run in a child."""

@@ -116,9 +116,7 @@ class GzipSource:
 
     def _make(self) -> None:
         """Make the seek points in a first pass over the stream, or fall back to a private copy."""
-        # A remote blob makes seek points even when small: a later open then needs no download to know its size.
-        remote = hasattr(self.src, "local_window")
-        window = self._file_window() if self.src.size >= SMALL_GZIP or remote else None
+        window = self._file_window() if self.src.size >= SMALL_GZIP else None
         made = self._first_pass(window) if window is not None else None
         if made is None:
             self._fallback = SpoolSource(self.src, "gzip")
