@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -239,3 +240,100 @@ def single_image_fixtures() -> list[str]:
     if not truth_index() and not IN_CI:
         return []
     return sorted(n for n, e in truth_index().items() if len(e["images"]) == 1 and not n.endswith(".gz"))
+
+
+# -- pushing hand-made images through the registry API (for layers skopeo would recompress) ---------------
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def upload_blob(host: str, repo: str, data: bytes) -> str:
+    """A monolithic upload (POST, then PUT with the digest); the digest."""
+    digest = _sha(data)
+    conn = http.client.HTTPConnection(host, timeout=30)
+    try:
+        conn.request("POST", f"/v2/{repo}/blobs/uploads/")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 202, r.status
+        loc = r.getheader("Location") or ""
+        path = loc.split(host, 1)[-1] if "://" in loc else loc
+        conn.request("PUT", path + ("&" if "?" in path else "?") + f"digest={digest}", body=data,
+                     headers={"Content-Type": "application/octet-stream"})
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 201, (r.status, path)
+    finally:
+        conn.close()
+    return digest
+
+
+def push_manifest(host: str, repo: str, tag: str, body: bytes, media_type: str = OCI_MANIFEST) -> str:
+    """PUT a manifest under a tag; its digest."""
+    conn = http.client.HTTPConnection(host, timeout=30)
+    try:
+        conn.request("PUT", f"/v2/{repo}/manifests/{tag}", body=body, headers={"Content-Type": media_type})
+        r = conn.getresponse()
+        text = r.read()
+        assert r.status == 201, (r.status, text)
+    finally:
+        conn.close()
+    return _sha(body)
+
+
+def push_image(host: str, repo: str, tag: str, layers: list[tuple[bytes, str]], config: dict) -> dict:
+    """Upload config and layer blobs (bytes, media type) and a manifest naming them; the manifest as a dict."""
+    import json
+
+    cfg = json.dumps(config).encode()
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": upload_blob(host, repo, cfg), "size": len(cfg)},
+                "layers": [{"mediaType": mt, "digest": upload_blob(host, repo, b), "size": len(b)}
+                           for b, mt in layers]}
+    push_manifest(host, repo, tag, json.dumps(manifest).encode())
+    return manifest
+
+
+@pytest.fixture
+def mount_registry(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """mount_registry(reference, **mount_kwargs) -> mountpoint: a background mount, unmounted afterwards."""
+    from conftest import fuse_problem
+
+    problem = fuse_problem()
+    if problem:
+        if IN_CI:
+            pytest.fail(f"FUSE is required in CI: {problem}")
+        pytest.skip(problem)
+    import imgfs.fuse
+
+    points: list[Path] = []
+
+    def mount(ref: str, **kw: object) -> Path:
+        mp = tmp_path / f"mnt{len(points)}"
+        mp.mkdir()
+        points.append(mp)
+        kw.setdefault("log_file", str(tmp_path / f"mnt{len(points) - 1}.log"))
+        imgfs.fuse.mount(ref, str(mp), **kw)  # type: ignore[arg-type]
+        return mp
+
+    try:
+        yield mount
+    finally:
+        for mp in points:
+            for args in (["-u"], ["-uz"]):
+                if os.path.ismount(mp):
+                    subprocess.run(["fusermount", *args, str(mp)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def regtools() -> SimpleNamespace:
+    """The helpers above, for test modules (which cannot import a conftest by name)."""
+    return SimpleNamespace(free_port=free_port, push_image=push_image, push_manifest=push_manifest,
+                           upload_blob=upload_blob, Registry=Registry, OCI_LAYER=OCI_LAYER)
