@@ -138,7 +138,7 @@ class RegistryStore:
         """GET a blob (with Range in `headers`, or whole into `sink`)."""
         resp = self._get(f"/v2/{self.reference.repo}/blobs/{digest}", headers, limit, sink)
         if resp.status == 404:
-            raise FormatError(f"{self.reference}: blob {digest} is not in the registry")
+            raise FormatError(f"{self.name}: blob {digest} is not in the registry")
         return resp
 
     def _manifest(self, selector: str) -> tuple[bytes, str, str]:
@@ -147,28 +147,28 @@ class RegistryStore:
             resp = self._get(f"/v2/{self.reference.repo}/manifests/{selector}", {"Accept": ACCEPT}, MAX_MANIFEST)
         except FormatError as e:
             if "larger than expected" in str(e):
-                raise FormatError(f"{self.reference}: the manifest is larger than {MAX_MANIFEST} bytes") from None
+                raise FormatError(f"{self.name}: the manifest is larger than {MAX_MANIFEST} bytes") from None
             raise
         if resp.status == 404:
-            raise FormatError(f"{self.reference}: no such image (manifest {selector} unknown)")
+            raise FormatError(f"{self.name}: no such image (manifest {selector} unknown)")
         if resp.status != 200:
-            raise FormatError(f"{self.reference}: HTTP {resp.status} for manifest {selector}")
+            raise FormatError(f"{self.name}: HTTP {resp.status} for manifest {selector}")
         body = resp.body
         try:
             doc = json.loads(body)
         except ValueError:
-            raise FormatError(f"{self.reference}: manifest {selector} is not JSON") from None
+            raise FormatError(f"{self.name}: manifest {selector} is not JSON") from None
         media_type = (resp.header("Content-Type") or "").split(";")[0].strip()
         if not isinstance(doc, dict):
-            raise FormatError(f"{self.reference}: manifest {selector} is not a JSON object")
+            raise FormatError(f"{self.name}: manifest {selector} is not a JSON object")
         if media_type in SCHEMA1 or doc.get("schemaVersion") == 1:
-            raise FormatError(f"{self.reference}: a schema 1 manifest (deprecated, unsupported): push the image "
+            raise FormatError(f"{self.name}: a schema 1 manifest (deprecated, unsupported): push the image "
                               "again with a current docker, podman or skopeo")
         if isinstance(doc.get("mediaType"), str):
             media_type = doc["mediaType"]
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if selector.startswith("sha256:") and digest != selector:
-            raise FormatError(f"{self.reference}: manifest {selector} does not match its digest")
+            raise FormatError(f"{self.name}: manifest {selector} does not match its digest")
         return body, media_type, digest
 
     def _note_children(self, body: bytes) -> None:
@@ -238,10 +238,10 @@ class RegistryStore:
                     raise FormatError(f"{path} is larger than any manifest or config ({MAX_JSON})") from None
                 raise
             if resp.status != 200:
-                raise FormatError(f"{self.reference}: HTTP {resp.status} for blob {digest}")
+                raise FormatError(f"{self.name}: HTTP {resp.status} for blob {digest}")
             body = resp.body
             if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
-                raise FormatError(f"{self.reference}: blob {digest} does not match its digest")
+                raise FormatError(f"{self.name}: blob {digest} does not match its digest")
         with self._lock:
             self._docs[digest] = body
         return body
@@ -263,7 +263,7 @@ class RegistryStore:
             size = self._size_of(digest)
         compression = _compression(desc.get("mediaType"))
         blob = RegistryBlob(self, digest, size, compression, self.blocks, f"{self.reference.api_host}/{digest}",
-                            f"{self.reference}: blob {digest[:19]}")
+                            f"{self.name}: blob {digest[:19]}")
         with self._lock:
             return self._blobs.setdefault(digest, blob)
 
@@ -274,7 +274,7 @@ class RegistryStore:
             return int(total)
         if resp.status == 200:
             return len(resp.body)
-        raise FormatError(f"{self.reference}: HTTP {resp.status} for blob {digest}")
+        raise FormatError(f"{self.name}: HTTP {resp.status} for blob {digest}")
 
     def origin(self, path: str) -> str:
         """The cache key of a blob's derived data.
