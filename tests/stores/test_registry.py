@@ -206,3 +206,12 @@ def test_schema1_is_refused_clearly(registry, proxy, capsysbinary) -> None:
     p.hooks.append(schema1)
     res = run(capsysbinary, "ls", ref.replace(registry.host, p.host))
     assert_one_line_error(res, "schema 1")
+
+
+def test_listing_the_layers_of_a_mount_downloads_no_layer(registry, proxy, mount_registry, tmp_path: Path) -> None:
+    ref = registry.push("seed.docker-legacy.tar")
+    _, config, _ = _sizes(ref)
+    p = proxy()
+    mp = mount_registry(ref.replace(registry.host, p.host), cache_dir=str(tmp_path / "cache"))
+    assert len(os.listdir(mp / "layers")) == 4
+    assert set(p.blob_bytes) <= {config}, p.blob_bytes

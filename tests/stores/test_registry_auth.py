@@ -231,3 +231,17 @@ def test_bearer_tokens_are_fetched_once_and_kept(token_registry, registry, capsy
     assert tokens.issued == [f"repository:{repo}:pull"]  # one token served every request of the command
     res = run(capsysbinary, "ls", ref, "--creds", f"{USER}:not-it")
     assert_one_line_error(res, "token service refused")
+
+
+def test_an_expired_token_is_fetched_again(token_registry, registry) -> None:
+    import imgfs
+
+    reg, tokens = token_registry
+    tokens.expires = 11  # kept for 1 s: imgfs lets a token go 10 s before it expires
+    ref = registry.push(SEED).replace(registry.host, reg.host)
+    with imgfs.open_archive(ref, use_cache=False, store_options={"creds": f"{USER}:{PASSWORD}"}) as a:
+        assert len(tokens.issued) == 1
+        time.sleep(1.2)
+        tree = a.images[0].layer_tree(len(a.images[0].layers) - 1)
+        assert tree.read(tree.file("/app/trace.log"), 0, 100) == b"trace\n"
+    assert len(tokens.issued) == 2
