@@ -188,9 +188,11 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
             os.write(2, text)
 
     ops.on_ready.append(ready)
-    # Started once the kernel has the mount, so that the handshake does not wait for the GIL.
-    ops.on_ready.append(lambda: threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild",
-                                                 daemon=True).start())
+    # Started once the kernel has the mount, so that the handshake does not wait for the GIL. Not for a
+    # registry: there it would download every layer, where layers/X/ needs only X.
+    if not is_reference(archive.path):
+        ops.on_ready.append(lambda: threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild",
+                                                     daemon=True).start())
     # libfuse installs its own unmounting handlers only over the default disposition.
     saved: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -27,6 +27,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 _CHUNK = 1 << 16
+MIN_RATE = 64 << 10  # bytes per second below which a long answer counts as stalled
 
 
 class HttpError(FormatError):
@@ -211,19 +212,20 @@ class Client:
 
     def _body(self, r: http.client.HTTPResponse, limit: int, sink: Callable[[bytes], None] | None) -> Iterator[bytes]:
         got = 0
-        deadline = time.monotonic() + self.timeout * 4 + (limit if sink is None else 0) / (1 << 20)
+        start = time.monotonic()
         while True:
             chunk = r.read1(_CHUNK) if hasattr(r, "read1") else r.read(_CHUNK)
             if not chunk:
                 return
             got += len(chunk)
+            # Each read has the socket's timeout; a body that trickles in byte by byte has this one too.
+            if time.monotonic() - start > self.timeout * 4 + got / MIN_RATE:
+                raise TimeoutError("the answer trickles in too slowly")
             if sink is not None:
                 sink(chunk)
                 continue
             if got > limit:
                 raise _TooLarge(got)
-            if time.monotonic() > deadline:
-                raise TimeoutError("the body trickles in too slowly")
             yield chunk
 
 
