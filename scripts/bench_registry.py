@@ -295,7 +295,8 @@ def run_registry(names: list[str], imgdir: Path, runs: int, work: Path, storage:
                             scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work))
                             cache = work / f"cache-{name}-{link}-{case.name[:20]}-{n}"
                             if case.warm:
-                                cache = work / f"cache-{name}-{link}-warm"
+                                slug = "".join(c if c.isalnum() else "-" for c in case.name)
+                                cache = work / f"cache-{name}-{link}-{slug}"  # each warm case its own
                                 if not cache.exists():
                                     case.fn(ref, scratch, cache)  # the cold run that warms it: not counted
                             proxy.take_count()

@@ -12,29 +12,16 @@ import pytest
 
 import imgfs
 from cli.clihelp import assert_one_line_error, run
+from cli.test_cli_extract import _portable, _truth  # the tarball's truth, as the extract tests compare it
 from conftest import truth_index
 from imgfs.errors import UsageError
 from imgfs.stores.reference import parse
 from tarmaker import F, config_for, tar_of
 from truthlib import diff, listing_from_dir, listing_from_tree, load_truth
 
-AS_ROOT = os.geteuid() == 0
-
 
 def _fixtures() -> list[str]:
     return sorted(n for n, e in truth_index().items() if len(e["images"]) == 1 and not n.endswith(".gz"))
-
-
-def _truth(name: str) -> dict:
-    return load_truth(truth_index()[name]["images"][0]["rootfs_truth"][0])
-
-
-def _portable(listing: dict) -> dict:
-    """Without root, owners cannot be kept by extract: compare everything else."""
-    if AS_ROOT:
-        return listing
-    return {p: {k: v for k, v in r.items() if k not in ("uid", "gid")} for p, r in listing.items()
-            if r["type"] not in ("char", "block")}
 
 
 # -- references ------------------------------------------------------------------------------------------

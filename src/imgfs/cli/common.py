@@ -25,6 +25,10 @@ def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
 
 def store_options(args: argparse.Namespace) -> dict[str, object]:
     """--creds, --tls-verify and --cert-dir, for a registry reference (other stores ignore them)."""
+    if getattr(args, "creds", None):
+        from ..stores.auth import hide_from_process_title  # here: only --creds needs it
+
+        hide_from_process_title(args.creds.partition(":")[2])
     return {"creds": getattr(args, "creds", None), "tls_verify": getattr(args, "tls_verify", True),
             "cert_dir": getattr(args, "cert_dir", None)}
 

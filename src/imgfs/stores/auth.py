@@ -215,3 +215,26 @@ class Authenticator:
         with self._lock:
             self._tokens[scope] = (token, time.monotonic() + max(1.0, expires - 10))
         return token
+
+
+def hide_from_process_title(secret: str) -> None:
+    """Overwrite `secret` where it sits in this process's command line (what ps and /proc/PID/cmdline show).
+
+    --creds USER:PASS arrives on the command line; a mount's daemon lives on with that command line, so
+    the password is blanked in place, in the memory the kernel shows as the command line (Linux).
+    """
+    if not secret:
+        return
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49 of stat)
+        needle = secret.encode()
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            args = mem.read(end - start)
+            if needle in args:
+                mem.seek(start)
+                mem.write(args.replace(needle, b"*" * len(needle)))
+    except (OSError, ValueError, IndexError):  # not Linux, or /proc/self/mem refused: nothing to blank
+        pass

@@ -98,9 +98,14 @@ class RegistryStore:
 
     # -- talking to the registry ---------------------------------------------------------------
     def _ping(self) -> str:
-        """The base URL: https, or plain http where skopeo allows it (loopback, --tls-verify=false)."""
+        """The base URL: https, or plain http where skopeo allows it (loopback, --tls-verify=false).
+
+        On loopback plain http is tried first: it costs no TLS set-up (loading the system CAs), and a TLS
+        registry answers it with 400, after which https is tried.
+        """
         host = self.reference.api_host
-        schemes = ["https", "http"] if (self.reference.loopback or not self.tls_verify) else ["https"]
+        schemes = ["http", "https"] if self.reference.loopback else \
+            ["https"] if self.tls_verify else ["https", "http"]
         last: HttpError | None = None
         for scheme in schemes:
             try:
@@ -112,6 +117,8 @@ class RegistryStore:
                 continue
             if resp.status in (200, 401):
                 return f"{scheme}://{host}"
+            if resp.status == 400 and scheme == "http" and scheme != schemes[-1]:
+                continue  # a TLS server answering plain HTTP
             raise FormatError(f"{host}: not a registry (GET /v2/ answered HTTP {resp.status})")
         assert last is not None
         raise last
