@@ -216,3 +216,13 @@ def test_listing_the_layers_of_a_mount_downloads_no_layer_and_reading_one_only_t
     top = next(n for n in names if n.startswith("4 "))
     assert (mp / "layers" / top / "app" / "trace.log").read_bytes() == b"trace\n"
     assert set(p.blob_bytes) - {config} == {layers[-1]}, p.blob_bytes  # that layer, and no other
+
+
+def test_verify_and_fsspec_work_on_a_reference(registry, capsysbinary, tmp_path: Path) -> None:
+    import fsspec
+
+    ref = registry.push("seed.docker-legacy.tar")
+    res = run(capsysbinary, "verify", ref)
+    assert res.rc == 0 and b"FAILED" not in res.out, res.err
+    with fsspec.open("imgfs://app/trace.log", fo=ref, cache_dir=tmp_path) as fh:
+        assert fh.read() == b"trace\n"
