@@ -193,10 +193,14 @@ def imgfs_exe() -> str:
 
 
 class Case:
-    """One measured command: fn(ref, scratch, cache) -> seconds; cold cases get a fresh cache each run."""
+    """One measured command: fn(ref, scratch, cache) -> seconds; cold cases get a fresh cache each run.
 
-    def __init__(self, name: str, fn: Callable[[str, Path, Path], float], warm: bool = False) -> None:
-        self.name, self.fn, self.warm = name, fn, warm
+    `trace`: the case reads /app/trace.log, which only big has.
+    """
+
+    def __init__(self, name: str, fn: Callable[[str, Path, Path], float], warm: bool = False,
+                 trace: bool = True) -> None:
+        self.name, self.fn, self.warm, self.trace = name, fn, warm, trace
 
 
 def _unmount(mnt: Path) -> None:
@@ -212,9 +216,12 @@ def _mount_cp(what: str) -> Callable[[str, Path, Path], float]:
         t = time.perf_counter()
         sh([imgfs_exe(), "--cache-dir", str(cache), "mount", ref, str(mnt)])
         try:
-            src = (next((mnt / "layers").glob("*strace*")) / "app" / "trace.log") if what == "layer" \
-                else mnt / "merged" / "app" / "trace.log"
-            shutil.copyfile(src, scratch / "trace.log")
+            if what == "ready":
+                os.listdir(mnt / "merged")
+            else:
+                src = (next((mnt / "layers").glob("*strace*")) / "app" / "trace.log") if what == "layer" \
+                    else mnt / "merged" / "app" / "trace.log"
+                shutil.copyfile(src, scratch / "trace.log")
             return time.perf_counter() - t
         finally:
             _unmount(mnt)
@@ -256,9 +263,11 @@ CASES = [
     Case("mount + cp layers/*strace*/app/trace.log, cold", _mount_cp("layer")),
     Case("mount + cp merged/app/trace.log, cold", _mount_cp("merged")),
     Case("mount + cp merged/app/trace.log, warm", _mount_cp("merged"), warm=True),
+    Case("mount + ls merged/ (ready), cold", _mount_cp("ready"), trace=False),
+    Case("mount + ls merged/ (ready), warm", _mount_cp("ready"), warm=True, trace=False),
     Case("skopeo copy docker-archive: + seed_better.sh", _skopeo_seed),
     Case("skopeo copy oci: + umoci unpack", _skopeo_umoci),
-    Case("skopeo copy dir: (the layers streamed once)", _skopeo_dir),
+    Case("skopeo copy dir: (the layers streamed once)", _skopeo_dir, trace=False),
 ]
 
 
@@ -273,22 +282,29 @@ def push(reg: Registry, name: str, imgdir: Path, work: Path) -> None:
        env={**os.environ, "HOME": str(home)})
 
 
+LINKS = {"direct": (0.0, 0.0), "shaped": (0.020, 200e6 / 8)}  # (seconds added per request, bytes/s cap)
+
+
 def run_registry(names: list[str], imgdir: Path, runs: int, work: Path, storage: Path = DEFAULT_STORAGE,
-                 cases: list[str] | None = None) -> dict:
+                 cases: list[str] | None = None, links: list[str] | None = None) -> dict:
     """Measure every case on every image, direct and shaped; {image: {link: {case: (median s, bytes)}}}."""
     storage.mkdir(parents=True, exist_ok=True)
+    facts = json.loads((imgdir / "images.json").read_text())
     reg = Registry(storage, work)
     out: dict = {}
     try:
         for name in names:
             push(reg, name, imgdir, work)
-        for link, delay, rate in (("direct", 0.0, 0.0), ("shaped", 0.020, 200e6 / 8)):
+        for link in links or list(LINKS):
+            delay, rate = LINKS[link]
             proxy = ShapingProxy(reg.host, delay, rate)
             try:
                 for name in names:
                     ref = f"docker://{proxy.host}/{name}:1"
                     for case in CASES:
                         if cases and not any(c in case.name for c in cases):
+                            continue
+                        if case.trace and not facts.get(name, {}).get("trace_path"):
                             continue
                         times, sizes = [], []
                         for n in range(runs):
@@ -302,11 +318,15 @@ def run_registry(names: list[str], imgdir: Path, runs: int, work: Path, storage:
                             proxy.take_count()
                             try:
                                 times.append(case.fn(ref, scratch, cache))
+                            except RuntimeError as e:
+                                log(f"{name} {link} {case.name}: {e}")
                             finally:
                                 shutil.rmtree(scratch, ignore_errors=True)
                                 if not case.warm:
                                     shutil.rmtree(cache, ignore_errors=True)
                             sizes.append(proxy.take_count())
+                        if not times:
+                            continue
                         out.setdefault(name, {}).setdefault(link, {})[case.name] = (
                             statistics.median(times), int(statistics.median(sizes)))
                         log(f"{name} {link} {case.name}: {statistics.median(times):.2f} s, "
@@ -342,12 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imgdir", type=Path, default=DEFAULT_IMGDIR)
     p.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="the registry's storage (kept)")
     p.add_argument("--cases", help="comma-separated substrings of the case names to run (default all)")
+    p.add_argument("--links", default="direct,shaped", help="comma-separated, of direct, shaped (default both)")
     p.add_argument("--json", type=Path, metavar="OUT", help="save the raw figures here")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="imgfs-bench-registry-"))
     try:
         res = run_registry(a.images.split(","), a.imgdir, a.runs, work, a.storage,
-                           a.cases.split(",") if a.cases else None)
+                           a.cases.split(",") if a.cases else None, a.links.split(","))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if a.json:
