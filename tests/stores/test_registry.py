@@ -181,7 +181,7 @@ def test_an_uncompressed_layer_is_read_by_ranges_only_where_it_is_read(registry,
     with imgfs.open_archive(f"docker://{registry.host}/ranges:t1", use_cache=False) as a:
         tree = a.images[0].merged()
         blob = a.blobs.open(a.images[0].layers[0].member)
-        assert 0 < blob.downloaded < len(layer) // 2  # the headers (read ahead), not the big file
+        assert 0 < blob.downloaded < len(layer) * 2 // 3  # the headers (read ahead), not the big file
         assert tree.read(tree.file("/big.bin"), 2 << 20, 1000) == big[2 << 20:(2 << 20) + 1000]
         assert tree.read(tree.file("/z.txt"), 0, 100) == b"last\n"
         assert tree.read(tree.file("/a.txt"), 0, 100) == b"first\n"

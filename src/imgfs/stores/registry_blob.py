@@ -29,6 +29,7 @@ from .http import Response
 BLOCK = 512 << 10  # the unit of range requests and of the range cache
 MEMORY_BLOCKS = 128  # blocks kept in memory (64 MiB), the only copy with --no-cache
 HEAD = 64  # the first bytes of a compressed blob, fetched and cached apart (its magic is all that is read)
+MAX_AHEAD = 32  # blocks (16 MiB): the longest read-ahead of a sequential reader
 FULL_PASS = 1 << 20  # a read this long from the start of a compressed blob is a decompressor's first pass
 # A compressed blob this small is kept whole in the range cache after its pass (its pass is made again
 # from there, a zlib pass over a few MiB); a larger gzip blob gets seek points and is read by ranges later.
@@ -123,6 +124,7 @@ class RegistryBlob:
         self._path: str | None = None
         self._lock = threading.Lock()
         self.downloaded = 0  # bytes this blob fetched from the network
+        self._next, self._ahead = -1, 1  # where a sequential reader goes on, and how far ahead to fetch
         _OPEN.add(self)
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -148,10 +150,28 @@ class RegistryBlob:
             else:
                 blocks[b] = data
         for start, end in _runs(missing):
-            blocks.update(self._fetch(start, end))
+            blocks.update(self._fetch(start, self._read_ahead(start, end)))
         data = b"".join(blocks[b] for b in range(first, last + 1))
         skip = offset - first * BLOCK
         return data[skip:skip + length]
+
+    def _read_ahead(self, start: int, end: int) -> int:
+        """The last block to fetch: further than asked when reads go on where the last fetch ended.
+
+        A file read from start to end (cp, cat) then costs a few large requests, not one per 128 KiB read;
+        the run doubles up to MAX_AHEAD blocks and never covers a block already cached.
+        """
+        with self._lock:
+            if start == self._next:
+                self._ahead = min(self._ahead * 2, MAX_AHEAD)
+            else:
+                self._ahead = 1
+            last = min(max(end, start + self._ahead - 1), (self.size - 1) // BLOCK)
+            self._next = last + 1
+        for b in range(end + 1, last + 1):
+            if self.cache.get(f"{self.cache_key}#{b}") is not None:
+                return b - 1
+        return last
 
     def _head(self) -> bytes:
         """The first bytes of a compressed blob (its magic is sniffed before any pass): one small request."""
