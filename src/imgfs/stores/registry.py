@@ -74,6 +74,7 @@ class RegistryStore:
                                   tls_verify)
         self.scope = f"repository:{ref.repo}:pull"
         self.tls_verify = tls_verify
+        self.cache = cache  # documents by digest (a tag is asked again on every open: tags move)
         self.blocks = BlockCache(cache)
         self._lock = threading.Lock()
         self._docs: dict[str, bytes] = {}  # digest -> a verified manifest or config
@@ -231,7 +232,10 @@ class RegistryStore:
             hit = self._docs.get(digest)
         if hit is not None:
             return hit
-        if digest in self._manifests:
+        body = self._cached_doc(digest)
+        if body is not None:
+            self._note_children(body)
+        elif digest in self._manifests:
             body = self._manifest(digest)[0]
             self._note_children(body)
         else:
@@ -251,6 +255,15 @@ class RegistryStore:
                 raise FormatError(f"{self.name}: blob {digest} does not match its digest")
         with self._lock:
             self._docs[digest] = body
+        if self.cache is not None:
+            self.cache.write("doc", digest, ".json", body)
+        return body
+
+    def _cached_doc(self, digest: str) -> bytes | None:
+        """A manifest or config kept by an earlier open (checked against its digest again), or None."""
+        body = self.cache.read("doc", digest, ".json") if self.cache is not None else None
+        if body is None or "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+            return None
         return body
 
     def open(self, path: str) -> Source:
