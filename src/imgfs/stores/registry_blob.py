@@ -289,6 +289,14 @@ class RegistryBlob:
                 self._path = None
 
 
+    def __del__(self) -> None:
+        # A blob dropped without close() (an archive never closed) still removes its private copy.
+        path = getattr(self, "_path", None)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def _runs(blocks: list[int]) -> list[tuple[int, int]]:
     """Consecutive numbers as (first, last) runs."""
     runs: list[tuple[int, int]] = []
