@@ -869,6 +869,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "pays the vCPU's wake-up from halt (find over big: 3-4 s idle, 0.65 s awake)")
     p.add_argument("--workdir", type=Path, help="make the scratch dir in here (default: the system temp dir)")
     p.add_argument("--json", type=Path, metavar="OUT", help="save raw figures, machine and command here")
+    p.add_argument("--registry", action="store_true",
+                   help="run the docker:// benchmark instead (scripts/bench_registry.py; --runs, --imgdir apply)")
     p.add_argument("--markdown", action="store_true", help="print the tables as markdown (for docs/PERFORMANCE.md)")
     a = p.parse_args(argv)
     if a.quick:
@@ -878,6 +880,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.registry:
+        import bench_registry  # scripts/ is on sys.path when this script runs
+
+        return bench_registry.main(["--runs", str(args.runs), "--imgdir", str(args.imgdir)])
     facts = json.loads((args.imgdir / "images.json").read_text())
     names = args.images.split(",")
     if unknown := [n for n in names if n not in IMAGES]:

@@ -272,13 +272,15 @@ class Archive:
 
     def __init__(self, path: str | os.PathLike[str] | BlobStore, *, cache_dir: str | os.PathLike[str] | None = None,
                  use_cache: bool = True, cache_max_bytes: int = DEFAULT_MAX_BYTES,
-                 warn: Callable[[str], None] | None = None, progress: Progress | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, progress: Progress | None = None,
+                 store_options: dict[str, object] | None = None) -> None:
         self._warned: set[str] = set()
         self._warn = warn
         self.progress = progress
         self.store = Store(cache_dir, cache_max_bytes, self.warn) if use_cache else None
         if isinstance(path, (str, os.PathLike)):
-            self.blobs: BlobStore = open_store(os.fspath(path), cache=self.store, progress=progress)
+            self.blobs: BlobStore = open_store(os.fspath(path), cache=self.store, progress=progress,
+                                                  **(store_options or {}))
         else:
             self.blobs = path
         self.path = self.blobs.name
@@ -392,7 +394,7 @@ def open_archive(path: str | os.PathLike[str] | BlobStore, **kwargs: Any) -> Arc
     """Open an image archive, or any place `open_store` knows, by path or reference; errors name it.
 
     Keywords: cache_dir (default $XDG_CACHE_HOME/imgfs), use_cache, cache_max_bytes, warn(message),
-    progress(what, done, total).
+    progress(what, done, total), store_options (open_store's: creds, tls_verify, cert_dir, timeout).
     """
     try:
         return Archive(path, **kwargs)

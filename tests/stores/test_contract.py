@@ -61,6 +61,9 @@ KINDS: dict[str, Kind] = {
     "skopeo-dir": Kind(lambda name, entry: entry["format"] in DOCKER_FORMATS and len(entry["images"]) == 1
                        and not name.endswith(".gz"),
                        _made("skopeo-dir", lambda a, d: str(skopeo_dir(a, d)))),
+    # Pushed by skopeo into the session's loopback registry (tests/stores/conftest.py), read as docker://.
+    "registry": Kind(lambda name, entry: len(entry["images"]) == 1 and not name.endswith(".gz"),
+                     lambda name, tmp, request: request.getfixturevalue("registry").push(name)),
 }
 
 

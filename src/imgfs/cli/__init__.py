@@ -72,7 +72,9 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
     if "archive" in adders:
         p.add_argument("archive", metavar="ARCHIVE", type=nonempty("archive path"),
                        help="image tarball (docker save, podman save, OCI archive), a directory holding one "
-                            "unpacked or an OCI layout (also oci:DIR[:REF], dir:DIR), or '-' for a pipe")
+                            "unpacked or an OCI layout (also oci:DIR[:REF], dir:DIR), a registry image "
+                            "docker://HOST/REPO[:TAG|@DIGEST], or '-' for a pipe")
+        _registry_options(p)
     if "select" in adders:
         p.add_argument("--image", metavar="REF", type=nonempty("image reference"), help=SELECT_HELP)
         p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", type=nonempty("platform"),
@@ -86,6 +88,23 @@ def _parent(*adders: str) -> argparse.ArgumentParser:
                        help="when a layer cannot be read, show the merged view without it (with a warning) "
                             "instead of failing")
     return p
+
+
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registry (for ARCHIVE given as docker://HOST[:PORT]/REPO[:TAG|@DIGEST])")
+    g.add_argument("--creds", metavar="USER[:PASS]", help="credentials (default: the auth files, as skopeo)")
+    g.add_argument("--tls-verify", metavar="BOOL", type=_bool, default=True,
+                   help="verify TLS and require HTTPS (default true; false also allows plain HTTP)")
+    g.add_argument("--cert-dir", metavar="DIR", help="CA certificates (*.crt) and client certificates "
+                                                      "(*.cert with *.key) for the registry")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def _cache_options(p: argparse.ArgumentParser, default: object) -> None:

@@ -12,7 +12,7 @@ from ..archive import Layer
 from ..errors import ImgfsError
 from ..tarindex.store import Store
 from ..verify import verify_image
-from .common import cache_dir, image_for, open_for, refuse_stream
+from .common import cache_dir, image_for, open_for, refuse_stream, store_options
 from .completion import script as completion_script
 from .output import Ui, clip, created, field, human, json_name, json_path, plural, short_digest, show_path
 
@@ -168,7 +168,7 @@ def mount(args: argparse.Namespace, ui: Ui) -> int:
     _fuse().mount(args.archive, args.mountpoint, image=args.image, platform=args.platform,
                   foreground=args.foreground or args.debug, options=",".join(args.options) if args.options else None,
                   allow_other=args.allow_other, debug=args.debug, log_file=args.log_file, warn=ui.warn,
-                  cache_dir=cache_dir(args), use_cache=not args.no_cache)
+                  cache_dir=cache_dir(args), use_cache=not args.no_cache, store_options=store_options(args))
     return 0
 
 

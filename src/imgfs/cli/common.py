@@ -8,7 +8,7 @@ import sys
 
 from ..archive import Archive, Image, Layer, open_archive
 from ..errors import FormatError, NotFoundError, UsageError
-from ..stores import is_stream, split_transport
+from ..stores import is_reference, is_stream, split_transport
 from ..tree import Entry, Tree
 from .output import Ui, json_name, json_path
 
@@ -29,13 +29,24 @@ def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
         keep = [args.path] if args.command == "cat" else list(args.paths) if args.command == "extract" else []
         return open_stream_archive(sys.stdin.buffer if args.archive == "-" else args.archive, keep=keep,
                                    subtrees=args.command == "extract", warn=ui.warn)
-    _, path, _ = split_transport(args.archive)
-    try:
-        os.stat(path)
-    except OSError as e:  # say it once and plainly, before the engine tries to parse anything
-        raise FormatError(f"{args.archive}: {e.strerror}") from None
+    if not is_reference(args.archive):
+        _, path, _ = split_transport(args.archive)
+        try:
+            os.stat(path)
+        except OSError as e:  # say it once and plainly, before the engine tries to parse anything
+            raise FormatError(f"{args.archive}: {e.strerror}") from None
     return open_archive(args.archive, warn=ui.warn, progress=ui.progress, cache_dir=cache_dir(args),
-                        use_cache=not args.no_cache)
+                        use_cache=not args.no_cache, store_options=store_options(args))
+
+
+def store_options(args: argparse.Namespace) -> dict[str, object]:
+    """--creds, --tls-verify and --cert-dir, for a registry reference (other stores ignore them)."""
+    if getattr(args, "creds", None):
+        from ..stores.auth import hide_from_process_title  # here: only --creds needs it
+
+        hide_from_process_title(args.creds.partition(":")[2])
+    return {"creds": getattr(args, "creds", None), "tls_verify": getattr(args, "tls_verify", True),
+            "cert_dir": getattr(args, "cert_dir", None)}
 
 
 def refuse_stream(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..archive import Archive, Image, open_archive
 from ..errors import ImgfsError, SelectionError, UsageError
-from ..stores import absolute
+from ..stores import absolute, is_reference
 
 READY = b"\0imgfs-ready\n"
 READY_TIMEOUT = 30.0
@@ -187,9 +187,11 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
             os.write(2, text)
 
     ops.on_ready.append(ready)
-    # Started once the kernel has the mount, so that the handshake does not wait for the GIL.
-    ops.on_ready.append(lambda: threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild",
-                                                 daemon=True).start())
+    # Started once the kernel has the mount, so that the handshake does not wait for the GIL. Not for a
+    # registry: there it would download every layer, where layers/X/ needs only X.
+    if not is_reference(archive.path):
+        ops.on_ready.append(lambda: threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild",
+                                                     daemon=True).start())
     # libfuse installs its own unmounting handlers only over the default disposition.
     saved: dict[int, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -285,14 +287,14 @@ def _wait_ready(fd: int, mp: str, timeout: float) -> None:
 def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: str | None = None,
           foreground: bool = False, options: str | None = None, allow_other: bool = False,
           debug: bool = False, log_file: str | None = None, warn: Callable[[str], None] | None = None,
-          cache_dir: str | None = None, use_cache: bool = True) -> None:
+          cache_dir: str | None = None, use_cache: bool = True, store_options: dict[str, Any] | None = None) -> None:
     """Mount an archive read-only; in the background (default) return once the mount answers.
 
     cache_dir/use_cache go to open_archive (the engine's index cache)."""
     _load_bridge()
     opts = fuse_options(archive, options, allow_other)
     mp = _check_mountpoint(mountpoint, "nonempty" in opts)
-    archive = absolute(archive)  # oci:DIR:REF keeps its prefix and ref
+    archive = absolute(archive)  # oci:DIR:REF keeps its prefix and ref, docker://... is left as it is
     if log_file:
         log_file = os.path.abspath(log_file)
         try:
@@ -300,7 +302,8 @@ def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: 
                 pass
         except OSError as e:
             raise ImgfsError(f"log file {log_file}: {e.strerror}") from None
-    open_kw: dict[str, Any] = {"cache_dir": cache_dir, "use_cache": use_cache}
+    # The daemon is forked, not executed: credentials in store_options never reach a command line.
+    open_kw: dict[str, Any] = {"cache_dir": cache_dir, "use_cache": use_cache, "store_options": store_options}
     with open_archive(archive, warn=warn, **open_kw) as arch:
         chosen = arch.select(image, platform)
         if not chosen:

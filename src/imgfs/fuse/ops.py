@@ -13,10 +13,12 @@ import logging
 import os
 import stat
 import threading
+import time
 
 import cachetools
 
 from ..errors import ImgfsError
+from ..stores import is_reference
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK, normalize
 from ..tree import Tree
 from ..tree.tree import MASK, SHIFT
@@ -67,10 +69,12 @@ class ImgfsOps:
         # group, and the mode 0777 & ~umask (type bits kept); None: as stored.
         self.owner = owner if owner is not None and any(v is not None for v in owner) else None
         self.log = log or logging.getLogger("imgfs.fuse")
-        st = os.stat(archive_path)
         self.archive_path = archive_path
-        self.archive_size = st.st_size
-        self.mtime = st.st_mtime
+        if is_reference(archive_path):  # an image in a registry: no file to take the size and time of
+            self.archive_size, self.mtime = 0, time.time()
+        else:
+            st = os.stat(archive_path)
+            self.archive_size, self.mtime = st.st_size, st.st_mtime
         self.uid, self.gid = os.getuid(), os.getgid()
         self.on_ready: list = []  # callables run once libfuse has mounted and called init
         # Files being read, by inode: a read is 128 KiB at most, so a 1 GiB file asks 8192 times.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ..errors import FormatError
 from .base import BlobStore
 
-__all__ = ["BlobStore", "absolute", "is_stream", "open_store", "split_transport"]
+__all__ = ["BlobStore", "absolute", "is_reference", "is_stream", "open_store", "split_transport"]
 
 
 def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
@@ -37,6 +37,12 @@ def _stream(name: str, path: str, ref: str | None, options: dict[str, object]) -
                       "for anything else, save it to a file first")
 
 
+def _registry(name: str, rest: str, ref: str | None, options: dict[str, object]) -> BlobStore:
+    from .registry import open_registry  # here: few commands use the network, every one imports imgfs
+
+    return open_registry(name, rest, ref, options)
+
+
 def is_stream(path: str) -> bool:
     """Whether `path` is a FIFO, a character device or a socket: bytes that can be read once, without seeking."""
     try:
@@ -54,6 +60,7 @@ TRANSPORTS: dict[str, Opener] = {
     "oci-archive:": _tarball,
     "oci:": _directory,  # an OCI image layout directory, oci:DIR[:REF]
     "dir:": _directory,  # skopeo's dir: layout
+    "docker://": _registry,  # a registry, docker://HOST[:PORT]/REPO[:TAG|@DIGEST]
 }
 # Plain paths: (probe, opener), tried in order; the first probe that says yes opens the path.
 PROBES: list[tuple[Callable[[str], bool], Opener]] = [
@@ -91,10 +98,16 @@ def absolute(name: str) -> str:
     return prefix + os.path.abspath(rest) + (":" + ref if ref else "")
 
 
+def is_reference(name: str) -> bool:
+    """Whether `name` is a network reference (docker://...), which is no path to make absolute or stat."""
+    return name.startswith("docker://")
+
+
 def open_store(name: str, **options: object) -> BlobStore:
     """Open the store for `name`: a transport reference (docker://..., oci:DIR, ...) or a plain path.
 
-    Options: cache (a tarindex Store or None), progress(done, total) for a first look at a big archive.
+    Options: cache (a tarindex Store or None), progress(done, total) for a first look at a big archive;
+    for registries creds ("USER[:PASS]"), tls_verify, cert_dir, timeout (seconds).
     """
     prefix, rest, ref = split_transport(name)
     if prefix is not None:

@@ -32,6 +32,7 @@ from .source import (
     close_source,
     decompress_to,
     local_file,
+    pass_file,
     sniff_compression,
 )
 from .store import CacheDamage, Store
@@ -130,7 +131,7 @@ class GzipSource(SourceBase):
 
     def _make(self) -> None:
         """Make the seek points in a first pass over the stream, or fall back to a private copy."""
-        at = local_file(self.src) if self.src.size >= SMALL_GZIP else None
+        at = pass_file(self.src) if self.src.size >= SMALL_GZIP else None
         made = self._first_pass(at[0], at[1]) if at is not None and at[0].fd >= 0 else None
         if made is None:
             self._fallback = SpoolSource(self.src, "gzip")

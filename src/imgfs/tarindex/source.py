@@ -70,6 +70,10 @@ class SourceBase:
         """Where byte 0 lies in a local file, or None."""
         return None
 
+    def pass_file(self) -> tuple[FileSource, int] | None:
+        """A local file holding these bytes for one full pass by a child process (made on demand), or None."""
+        return self.local_file()
+
     def check(self) -> None:
         """Raise SourceChanged if the bytes underneath changed; the default source cannot tell."""
 
@@ -81,6 +85,13 @@ def local_file(src: Source) -> tuple[FileSource, int] | None:
     """(FileSource, offset) where `src`'s byte 0 lies in a local file, its bytes as they are; else None."""
     at = getattr(src, "local_file", None)
     return at() if at is not None else None
+
+
+def pass_file(src: Source) -> tuple[FileSource, int] | None:
+    """(FileSource, offset) of a local file holding `src`'s bytes for a full pass: where they lie, or a copy
+    the source makes of them (a registry blob downloads itself once, verified); else None."""
+    at = getattr(src, "pass_file", None)
+    return at() if at is not None else local_file(src)
 
 
 def rereads_cheaply(src: Source) -> bool:
