@@ -33,6 +33,7 @@ log = logging.getLogger("imgfs.fuse")
 TIMEOUT = 86400.0  # the content never changes while mounted, so the kernel may keep every answer a day
 READ_THREADS = 4  # reads that decompress run here, so that they never hold up the loop's lookups
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_KERNEL_READAHEAD = 128 * 1024
 STOP_GRACE = 0.8  # seconds a request still being served may delay the end of the process after a signal
 
 
@@ -129,7 +130,8 @@ def pack_dir(entries: list[tuple[bytes, int, int]]) -> Listing:
     return b"".join(parts), ends
 
 
-def pack_dirplus(entries: list[tuple[bytes, int, int, Stat | None]], timeout: float = TIMEOUT) -> Listing:
+def pack_dirplus(entries: list[tuple[bytes, int, int, Stat | None]], blksize: int = 0,
+                 timeout: float = TIMEOUT) -> Listing:
     """A READDIRPLUS listing (what fuse_add_direntry_plus writes): each entry with its attributes, or
     none (None: the kernel will LOOKUP it if it needs to)."""
     parts: list[bytes] = []
@@ -145,7 +147,7 @@ def pack_dirplus(entries: list[tuple[bytes, int, int, Stat | None]], timeout: fl
             t = math.floor(mtime)
             tn = int((mtime - t) * 1e9)
             add(entry_pack(s_ino, 0, sec, sec, nsec, nsec, s_ino, size, (size + 511) >> 9, t, t, t, tn, tn, tn,
-                           s_mode, nlink, uid, gid, rdev, 0, 0))
+                           s_mode, nlink, uid, gid, rdev, blksize, 0))
         length = len(name)
         pad = -(head + length) & 7
         add(pack(ino, n, length, mode >> 12))
@@ -163,9 +165,10 @@ def dir_slice(listing: Listing, offset: int, size: int) -> bytes:
     return data[start:ends[bisect.bisect_right(ends, start + size) - 1]]
 
 
-def fill(st: Any, s: Stat) -> None:
-    """Fill a struct stat in place from a Stat tuple."""
+def fill(st: Any, s: Stat, blksize: int = 0) -> None:
+    """Fill a struct stat in place from a Stat tuple (st_blksize: the read size tools should use)."""
     st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_rdev, st.st_size, mtime = s
+    st.st_blksize = blksize
     st.st_blocks = (st.st_size + 511) >> 9
     sec = math.floor(mtime)  # floor, not int(): a negative time still needs 0 <= tv_nsec < 1e9
     st.st_mtim.tv_sec = st.st_atim.tv_sec = st.st_ctim.tv_sec = sec
@@ -277,11 +280,15 @@ class Bridge:
     """The request handlers, for a subclass that provides `lib` (with reply_prototypes) and the loop."""
 
     lib: ctypes.CDLL
-    max_read = 128 * 1024  # the biggest READ the kernel sends (the version's module may raise it)
+    # The biggest READ the kernel sends (the version's module may raise it), also given as st_blksize: cat,
+    # cp and the like then read that much at a time, and the kernel asks for as much in one request.
+    max_read = 128 * 1024
 
-    def __init__(self, ops: ImgfsOps, debug: bool = False) -> None:
+    def __init__(self, ops: ImgfsOps, mountpoint: str, debug: bool = False) -> None:
         self.operations = ops
+        self.mountpoint = mountpoint
         self.debug = debug
+        self._readahead_due = self.max_read > _KERNEL_READAHEAD  # set on the first request after INIT
         self.no_open = False  # set in init() when the kernel understands ENOSYS from OPEN/OPENDIR
         self._entry = EntryParam(generation=1, attr_timeout=TIMEOUT, entry_timeout=TIMEOUT)
         self._stat = CStat()
@@ -297,6 +304,22 @@ class Bridge:
         self._pool.shutdown(wait=True)
 
     # -- lifecycle (called by the version's init/destroy) ----------------------------------------
+    def _raise_readahead(self) -> None:
+        """Let the kernel read ahead max_read bytes, so that a big read() becomes max_read-sized requests.
+
+        The kernel caps readahead at 128 KiB for FUSE, whatever max_pages allows; only root may raise it
+        (/sys/class/bdi). Done once the kernel has handled INIT, which would cap it again."""
+        self._readahead_due = False
+        target = os.fsencode(self.mountpoint)
+        try:
+            with open("/proc/self/mountinfo", "rb") as fh:  # not stat(): that would ask this very daemon
+                dev = next((f[2] for f in (ln.split(b" ") for ln in fh) if len(f) > 4 and f[4] == target), None)
+            if dev is not None:
+                with open(b"/sys/class/bdi/" + dev + b"/read_ahead_kb", "w") as out:
+                    out.write(str(self.max_read // 1024))
+        except OSError:  # not root, or no sysfs: requests stay at the kernel's readahead size
+            pass
+
     def started(self, proto_minor: int) -> None:
         """The mount is up: learn what the kernel understands."""
         self.no_open = proto_minor >= 29  # FUSE 7.29 (Linux 5.1): ENOSYS from OPEN/OPENDIR: "no need to ask"
@@ -309,6 +332,8 @@ class Bridge:
     # -- requests: each replies exactly once, as its last step ----------------------------------
     def lookup(self, req: int, parent: int, name: bytes) -> None:
         """An entry with its attributes; a missing name is a negative entry the kernel may keep."""
+        if self._readahead_due:
+            self._raise_readahead()
         if self.debug:
             log.debug("LOOKUP %d %s", parent, name.decode("utf-8", "backslashreplace"))
         e = self._entry
@@ -318,12 +343,14 @@ class Bridge:
             e.ino = 0
         else:
             e.ino = st[0]
-            fill(e.attr, st)
+            fill(e.attr, st, self.max_read)
         self.lib.fuse_reply_entry(req, ctypes.byref(e))
 
     def getattr(self, req: int, ino: int, fip: Any) -> None:
         """stat()."""
-        fill(self._stat, self.operations.getattr(ino))
+        if self._readahead_due:
+            self._raise_readahead()
+        fill(self._stat, self.operations.getattr(ino), self.max_read)
         self.lib.fuse_reply_attr(req, ctypes.byref(self._stat), TIMEOUT)
 
     def readlink(self, req: int, ino: int) -> None:
@@ -379,7 +406,8 @@ class Bridge:
         hit = self._listings.get(key) if offset else None
         if hit is None:
             ops = self.operations
-            hit = self._listings[key] = pack_dirplus(ops.readdir_plus(ino)) if plus else pack_dir(ops.readdir(ino))
+            hit = pack_dirplus(ops.readdir_plus(ino), self.max_read) if plus else pack_dir(ops.readdir(ino))
+            self._listings[key] = hit
         data = dir_slice(hit, offset, size)
         self.lib.fuse_reply_buf(req, data, len(data))
 

@@ -79,7 +79,7 @@ class Bridge(bridge.Bridge):
     lib = _lib
 
     def __init__(self, ops: ImgfsOps, mountpoint: str, args: list[str], debug: bool = False) -> None:
-        super().__init__(ops, debug)
+        super().__init__(ops, mountpoint, debug)
         table = _LowLevelOps()
         prototypes = dict(_OPS)
         for name, _ in _OPS:

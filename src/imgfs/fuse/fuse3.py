@@ -100,7 +100,7 @@ class Bridge(bridge.Bridge):
     max_read = MAX_READ
 
     def __init__(self, ops: ImgfsOps, mountpoint: str, args: list[str], debug: bool = False) -> None:
-        super().__init__(ops, debug)
+        super().__init__(ops, mountpoint, debug)
         table = _LowLevelOps()
         for name, proto in _OPS:
             if name in _WRITES:

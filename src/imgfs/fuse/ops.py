@@ -30,7 +30,7 @@ from .layout import DIR as SKEL_DIR
 from .layout import FILE as SKEL_FILE
 from .layout import TREE, Layout, Node
 
-_U32 = 1 << 32
+_TIME_LIMIT = float(1 << 62)  # seconds either side of the epoch that a timespec still holds
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 # (st_ino, st_mode, st_nlink, st_uid, st_gid, st_rdev, st_size, st_mtime)
@@ -144,8 +144,7 @@ class ImgfsOps:
         try:
             st = tree.stat(ref)
             _mode, nlink, uid, gid, rdev, size, mtime = st
-            if not (0 <= nlink < _U32 and 0 <= uid < _U32 and 0 <= gid < _U32 and 0 <= rdev < _U32
-                    and 0 <= size < 1 << 63 and -(1 << 62) < mtime < 1 << 62):
+            if (nlink | uid | gid | rdev) >> 32 or size >> 63 or not -_TIME_LIMIT < mtime < _TIME_LIMIT:  # one test
                 raise ValueError("an owner, size, time or device number out of range")
         except (OverflowError, ValueError) as e:
             self._log_once(f"{self._label(node, tree, ref)}: cannot be shown: {e}")
