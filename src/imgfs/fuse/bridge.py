@@ -20,7 +20,7 @@ import signal
 import struct
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -116,40 +116,39 @@ Listing = tuple[bytes, list[int]]
 
 def pack_dir(entries: list[tuple[bytes, int, int]]) -> Listing:
     """A listing as the kernel takes it (what fuse_add_direntry writes), and where each entry starts."""
-    parts: list[bytes] = []
-    ends, pos = [0], 0
-    add, pack, head = parts.append, _DIRENT.pack, _DIRENT.size
-    for n, (name, mode, ino) in enumerate(entries, 1):
-        length = len(name)
-        pad = -(head + length) & 7
-        add(pack(ino, n, length, mode >> 12))
-        add(name)
-        add(_PADS[pad])
-        pos += head + length + pad
-        ends.append(pos)
-    return b"".join(parts), ends
+    return _pack((b"", name, mode, ino) for name, mode, ino in entries)
 
 
 def pack_dirplus(entries: list[tuple[bytes, int, int, Stat | None]], blksize: int = 0,
                  timeout: float = TIMEOUT) -> Listing:
     """A READDIRPLUS listing (what fuse_add_direntry_plus writes): each entry with its attributes, or
     none (None: the kernel will LOOKUP it if it needs to)."""
-    parts: list[bytes] = []
-    ends, pos = [0], 0
-    add, pack, entry_pack, head = parts.append, _DIRENT.pack, _ENTRY_OUT.pack, _ENTRY_OUT.size + _DIRENT.size
     sec = int(timeout)
     nsec = int((timeout - sec) * 1e9)
-    for n, (name, mode, ino, st) in enumerate(entries, 1):
+    entry_pack = _ENTRY_OUT.pack
+
+    def attrs(st: Stat | None) -> bytes:
         if st is None:
-            add(_NO_ENTRY)
-        else:
-            s_ino, s_mode, nlink, uid, gid, rdev, size, mtime = st
-            t = math.floor(mtime)
-            tn = int((mtime - t) * 1e9)
-            add(entry_pack(s_ino, 0, sec, sec, nsec, nsec, s_ino, size, (size + 511) >> 9, t, t, t, tn, tn, tn,
-                           s_mode, nlink, uid, gid, rdev, blksize, 0))
+            return _NO_ENTRY
+        s_ino, s_mode, nlink, uid, gid, rdev, size, mtime = st
+        t = math.floor(mtime)
+        tn = int((mtime - t) * 1e9)
+        return entry_pack(s_ino, 0, sec, sec, nsec, nsec, s_ino, size, (size + 511) >> 9, t, t, t, tn, tn, tn,
+                          s_mode, nlink, uid, gid, rdev, blksize, 0)
+
+    return _pack((attrs(st), name, mode, ino) for name, mode, ino, st in entries)
+
+
+def _pack(rows: Iterable[tuple[bytes, bytes, int, int]]) -> Listing:
+    """(prefix, name, type bits, inode) rows as dirents, each after its prefix, padded to 8 bytes."""
+    parts: list[bytes] = []
+    ends, pos = [0], 0
+    add, pack, size = parts.append, _DIRENT.pack, _DIRENT.size
+    for n, (prefix, name, mode, ino) in enumerate(rows, 1):
         length = len(name)
+        head = len(prefix) + size
         pad = -(head + length) & 7
+        add(prefix)
         add(pack(ino, n, length, mode >> 12))
         add(name)
         add(_PADS[pad])
@@ -302,6 +301,27 @@ class Bridge:
     def close(self) -> None:
         """Wait for the reads still running, then stop their threads."""
         self._pool.shutdown(wait=True)
+
+    def run(self, table: ctypes.Structure, spec: list[tuple[str, Any]], writes: tuple[str, ...],
+            args: list[str]) -> None:
+        """Fill a libfuse operation table from `spec` ((name, prototype); c_void_p: left NULL) with this
+        bridge's handlers (EROFS for `writes`), then serve until unmounted."""
+        for name, proto in spec:
+            if name in writes:
+                setattr(table, name, proto(guard(self.lib, name, self.erofs)))
+            elif name in ("init", "destroy"):
+                setattr(table, name, proto(lifecycle(getattr(self, name))))
+            elif proto is not ctypes.c_void_p:
+                setattr(table, name, proto(guard(self.lib, name, getattr(self, name))))
+        self._table = table  # the callbacks must outlive the session
+        try:
+            self.serve(os.fsencode(self.mountpoint), [b"imgfs"] + [os.fsencode(a) for a in args])
+        finally:
+            self.close()
+
+    def serve(self, mountpoint: bytes, argv: list[bytes]) -> None:
+        """Mount and run the version's session loop (the version's module provides it)."""
+        raise NotImplementedError
 
     # -- lifecycle (called by the version's init/destroy) ----------------------------------------
     def _raise_readahead(self) -> None:

@@ -80,26 +80,14 @@ class Bridge(bridge.Bridge):
 
     def __init__(self, ops: ImgfsOps, mountpoint: str, args: list[str], debug: bool = False) -> None:
         super().__init__(ops, mountpoint, debug)
-        table = _LowLevelOps()
-        prototypes = dict(_OPS)
-        for name, _ in _OPS:
-            if name in WRITES:
-                setattr(table, name, prototypes[name](bridge.guard(_lib, name, self.erofs)))
-            elif name in ("init", "destroy"):
-                setattr(table, name, prototypes[name](bridge.lifecycle(getattr(self, name))))
-            elif prototypes[name] is not ctypes.c_void_p:
-                setattr(table, name, prototypes[name](bridge.guard(_lib, name, getattr(self, name))))
-        self._table = table  # the callbacks must outlive the session
-        try:
-            self._serve(os.fsencode(mountpoint), [b"imgfs"] + [os.fsencode(a) for a in args])
-        finally:
-            self.close()
+        self.run(_LowLevelOps(), _OPS, WRITES, args)
 
     def init(self, userdata: Any, conn: Any) -> None:
         """The mount is up."""
         self.started(conn.contents.proto_minor)
 
-    def _serve(self, mountpoint: bytes, argv_list: list[bytes]) -> None:
+    def serve(self, mountpoint: bytes, argv_list: list[bytes]) -> None:
+        """Mount with this libfuse and run its loop until unmounted."""
         argv = (ctypes.c_char_p * (len(argv_list) + 1))(*argv_list, None)
         args = bridge.Args(len(argv_list), argv, 0)
         chan = _lib.fuse_mount(mountpoint, ctypes.byref(args))

@@ -8,7 +8,6 @@ LOOKUP per entry), requests of up to 1 MiB (max_pages), and symlink targets cach
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
 from . import bridge
@@ -101,19 +100,7 @@ class Bridge(bridge.Bridge):
 
     def __init__(self, ops: ImgfsOps, mountpoint: str, args: list[str], debug: bool = False) -> None:
         super().__init__(ops, mountpoint, debug)
-        table = _LowLevelOps()
-        for name, proto in _OPS:
-            if name in _WRITES:
-                setattr(table, name, proto(bridge.guard(_lib, name, self.erofs)))
-            elif name in ("init", "destroy"):
-                setattr(table, name, proto(bridge.lifecycle(getattr(self, name))))
-            elif proto is not ctypes.c_void_p:
-                setattr(table, name, proto(bridge.guard(_lib, name, getattr(self, name))))
-        self._table = table  # the callbacks must outlive the session
-        try:
-            self._serve(os.fsencode(mountpoint), [b"imgfs"] + [os.fsencode(a) for a in args])
-        finally:
-            self.close()
+        self.run(_LowLevelOps(), _OPS, _WRITES, args)
 
     def init(self, userdata: Any, conn: Any) -> None:
         """The mount is up: ask for what libfuse 3 can do, as far as the kernel can."""
@@ -129,7 +116,8 @@ class Bridge(bridge.Bridge):
         """readdir() with each entry's attributes: the kernel needs no LOOKUP for them."""
         self._reply_listing(req, ino, size, offset, True)
 
-    def _serve(self, mountpoint: bytes, argv_list: list[bytes]) -> None:
+    def serve(self, mountpoint: bytes, argv_list: list[bytes]) -> None:
+        """Mount with this libfuse and run its loop until unmounted."""
         argv = (ctypes.c_char_p * (len(argv_list) + 1))(*argv_list, None)
         args = bridge.Args(len(argv_list), argv, 0)
         try:
