@@ -379,17 +379,12 @@ class Bridge:
 
     def open(self, req: int, ino: int, fip: Any) -> None:
         """ENOSYS where the kernel takes it as "open without asking"; else check and keep the pages."""
-        if self.no_open:
-            self._no_round_trip("OPEN", ino)
+        if self.no_open:  # (the --debug log says what this ENOSYS means)
             raise OSError(errno.ENOSYS, "open without asking")
         fi = fip.contents
         self.operations.open(ino, fi.flags)
         fi.keep_cache = 1
         self.lib.fuse_reply_open(req, fip)
-
-    def _no_round_trip(self, what: str, ino: int) -> None:
-        if self.debug:  # libfuse's log shows the ENOSYS as an error; it is the open working as meant
-            log.debug("%s %d: answered ENOSYS: the kernel opens without asking from now on", what, ino)
 
     def read(self, req: int, ino: int, size: int, offset: int, fip: Any) -> None:
         """Bytes straight from the archive here; reads that decompress go to the pool and reply from there."""
@@ -410,7 +405,6 @@ class Bridge:
     def opendir(self, req: int, ino: int, fip: Any) -> None:
         """ENOSYS where the kernel then caches listings itself; else a handle whose listing it may keep."""
         if self.no_open:
-            self._no_round_trip("OPENDIR", ino)
             raise OSError(errno.ENOSYS, "open without asking")
         fi = fip.contents
         if hasattr(fi, "cache_readdir"):

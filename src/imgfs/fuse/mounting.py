@@ -243,6 +243,35 @@ class _Stderr:
         return text
 
 
+_OPEN_REQUEST = re.compile(rb"^unique: (\d+), opcode: (OPEN|OPENDIR|FLUSH) ")
+_ENOSYS_REPLY = re.compile(rb"^(\s*unique: (\d+), )error: -38 \(Function not implemented\)")
+
+
+def _reword_debug_log() -> None:
+    """libfuse -d logs the ENOSYS answer to OPEN/OPENDIR as an error; it is the zero-round-trip open
+    working as meant, so say that (a thread between libfuse's stderr and where it went)."""
+    target = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+        opens: dict[bytes, bytes] = {}
+        with open(r, "rb", buffering=0) as src:
+            for line in iter(src.readline, b""):
+                m = _OPEN_REQUEST.match(line)
+                if m:
+                    opens[m.group(1)] = m.group(2)
+                m = _ENOSYS_REPLY.match(line)
+                if m and m.group(2) in opens:
+                    what = b"nothing to flush" if opens.pop(m.group(2)) == b"FLUSH" else b"opened without a round trip"
+                    line = m.group(1) + b"ENOSYS: " + what + b" (the kernel no longer asks)" + line[m.end():]
+                os.write(target, line)
+
+    threading.Thread(target=run, name="imgfs-debug-log", daemon=True).start()
+
+
 def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any], debug: bool,
            on_ready: Callable[[], None] | None, version: int) -> None:
     """Run the filesystem until it is unmounted (SIGTERM, SIGINT and SIGHUP unmount it)."""
@@ -261,6 +290,8 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
             on_ready()
         if text:
             os.write(2, text)
+        if debug:
+            _reword_debug_log()
 
     ops.on_ready.append(ready)
     # Started once the kernel has the mount, so that the handshake does not wait for the GIL.
