@@ -234,7 +234,8 @@ class Stopper:
         except ValueError:  # not the main thread: signals are not ours to take
             self._old_fd = None
             return self
-        threading.Thread(target=self._watch, name="imgfs-stop", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name="imgfs-stop", daemon=True)
+        self._watcher.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -244,6 +245,9 @@ class Stopper:
             signal.signal(sig, handler)
         if self._old_fd is not None:
             signal.set_wakeup_fd(self._old_fd)
+            self._watcher.join(STOP_GRACE + 5)  # (it may be unmounting right now)
+        os.close(self._r)
+        os.close(self._w)
 
     def _watch(self) -> None:
         import select

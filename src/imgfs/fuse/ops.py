@@ -395,6 +395,8 @@ class ImgfsOps:
         """Unmounted: forget the files being read (the archive itself is closed by mount())."""
         with self._where_lock:
             self._where.clear()
+        os.close(self._archive_fd)
+        self._archive_fd = -1  # a read still running now answers EIO
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:
