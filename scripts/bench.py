@@ -300,7 +300,7 @@ class Peer:
 class FusePeer(Peer):
     """A FUSE mount made by a command that returns once the mount is up (the daemon forks off)."""
 
-    ops = frozenset({"ready", "trace", "find1", "find2", "cat1", "cat2", "gztail", "rss", "findall"})
+    ops = frozenset({"ready", "trace", "find1", "find2", "cat1", "cat2", "gztail", "rss", "findall", "statwalk"})
 
     def argv(self, img: Image, mnt: Path) -> list[str]:
         raise NotImplementedError
@@ -444,7 +444,7 @@ class LocalDisk(Peer):
     """The merged tree extracted once to local disk; operations run with a warm page cache."""
 
     name = "local disk"
-    ops = frozenset({"trace", "find1", "find2", "cat1", "cat2"})
+    ops = frozenset({"trace", "find1", "find2", "cat1", "cat2", "statwalk"})
 
     def __init__(self, work: Path) -> None:
         super().__init__(work)
@@ -524,6 +524,7 @@ class Phase:
 PHASES = (
     Phase("cold", False, False, ("ready", "trace", "find1", "find2", "cat1", "cat2", "rss")),
     Phase("whole", False, False, ("ready", "findall")),  # its own mount: the first walk of everything
+    Phase("stat", False, False, ("ready", "statwalk")),  # its own mount: a first walk that stats everything
     Phase("warm", True, False, ("ready", "trace", "find1", "rss")),
     Phase("layer", False, False, ("ready", "tracel"), requires="tracel"),  # after warm: it empties the cache
     Phase("disk", False, True, ("ready", "trace", "cat1")),
@@ -601,6 +602,11 @@ def op_find_all(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, in
     return dt
 
 
+def op_stat_walk(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
+    """`find TREE -printf '%s\\n'` (a stat of every entry, as ls -l, du or tar do), 1st walk."""
+    return sh(f"find {shlex.quote(str(peer.tree(img, s)))} -printf '%s\\n' | wc -l")[0]
+
+
 def op_cat(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
     assert img.artifact is not None
     if phase.drop_caches:
@@ -621,7 +627,8 @@ def op_rss(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: d
 
 OPS: dict[str, Callable[..., float | None]] = {
     "ready": op_ready, "trace": op_trace, "tracel": op_trace_layer, "find1": op_find, "find2": op_find,
-    "cat1": op_cat, "cat2": op_cat, "gztail": op_gztail, "rss": op_rss, "findall": op_find_all}
+    "cat1": op_cat, "cat2": op_cat, "gztail": op_gztail, "rss": op_rss, "findall": op_find_all,
+    "statwalk": op_stat_walk}
 
 
 # ---------------------------------------------------------------- whole commands (no FUSE)
@@ -763,6 +770,7 @@ ROWS = (  # (metric, label); seconds unless the label says otherwise
     ("disk.trace", "mount → trace.log copied out, cold + page cache dropped"),
     ("whole.findall", "`find MNT | wc -l`, the whole mount, 1st walk"),
     ("cold.find1", "`find TREE | wc -l`, 1st walk"),
+    ("stat.statwalk", "`find TREE -printf '%s\\n'` (stats every entry), 1st walk"),
     ("cold.find2", "`find TREE | wc -l`, 2nd walk"),
     ("warm.find1", "`find TREE | wc -l`, 1st walk of a mount with the index kept"),
     ("cold.cat1", "`cat` 1 GiB file > /dev/null, 1st read (fresh mount)"),
