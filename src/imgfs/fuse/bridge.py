@@ -323,6 +323,15 @@ class Bridge:
         finally:
             self.close()
 
+    def loop(self, mountpoint: bytes, run: Callable[[], object], exit_session: Callable[[], None]) -> None:
+        """Run a session loop with the signals handled; then wait for the reads still running, whose
+        replies must reach the session before it is destroyed."""
+        with Stopper(mountpoint, exit_session):
+            try:
+                run()
+            finally:
+                self.close()
+
     def serve(self, mountpoint: bytes, argv: list[bytes]) -> None:
         """Mount and run the version's session loop (the version's module provides it)."""
         raise NotImplementedError

@@ -101,8 +101,7 @@ class Bridge(bridge.Bridge):
                 raise RuntimeError("fuse_lowlevel_new failed")
             try:
                 _lib.fuse_session_add_chan(se, chan)
-                with bridge.Stopper(mountpoint, lambda: _lib.fuse_session_exit(se)):
-                    _lib.fuse_session_loop(se)
+                self.loop(mountpoint, lambda: _lib.fuse_session_loop(se), lambda: _lib.fuse_session_exit(se))
                 _lib.fuse_session_remove_chan(chan)
             finally:
                 _lib.fuse_session_destroy(se)

@@ -129,8 +129,7 @@ class Bridge(bridge.Bridge):
                 if _lib.fuse_session_mount(se, mountpoint) != 0:
                     raise RuntimeError("fuse_session_mount failed")
                 try:
-                    with bridge.Stopper(mountpoint, lambda: _lib.fuse_session_exit(se)):
-                        _lib.fuse_session_loop(se)
+                    self.loop(mountpoint, lambda: _lib.fuse_session_loop(se), lambda: _lib.fuse_session_exit(se))
                 finally:
                     _lib.fuse_session_unmount(se)
             finally:
