@@ -300,7 +300,7 @@ class Peer:
 class FusePeer(Peer):
     """A FUSE mount made by a command that returns once the mount is up (the daemon forks off)."""
 
-    ops = frozenset({"ready", "trace", "find1", "find2", "cat1", "cat2", "gztail", "rss"})
+    ops = frozenset({"ready", "trace", "find1", "find2", "cat1", "cat2", "gztail", "rss", "findall", "statwalk"})
 
     def argv(self, img: Image, mnt: Path) -> list[str]:
         raise NotImplementedError
@@ -309,11 +309,11 @@ class FusePeer(Peer):
         return dict(os.environ)
 
     def open(self, img: Image) -> Session:
-        mnt = self.work / f"mnt-{self.name}"
+        mnt = self.work / f"mnt-{self.name.replace(' ', '-')}"
         mnt.mkdir(exist_ok=True)
         if is_mounted(mnt):
             unmount(mnt)
-        logf = open(self.work / f"{self.name}.log", "ab")  # noqa: SIM115 (the daemon inherits it)
+        logf = open(self.work / f"{self.name.replace(' ', '-')}.log", "ab")  # noqa: SIM115 (the daemon inherits it)
         s = Session(mnt=mnt, t0=time.perf_counter())
         proc = subprocess.Popen(self.argv(img, mnt), env=self.env(), stdin=subprocess.DEVNULL, stdout=logf,
                                 stderr=logf, start_new_session=True)
@@ -330,7 +330,7 @@ class FusePeer(Peer):
             logf.close()
         if rc != 0 or not is_mounted(mnt):
             unmount(mnt)
-            tail = (self.work / f"{self.name}.log").read_text(errors="replace")[-800:]
+            tail = (self.work / f"{self.name.replace(' ', '-')}.log").read_text(errors="replace")[-800:]
             raise RuntimeError(f"{self.name} mount of {img.name} failed ({rc}): {tail}")
         s.pid = daemon_pid(mnt)
         return s
@@ -346,10 +346,13 @@ class Imgfs(FusePeer):
     name = "imgfs"
     ops = FusePeer.ops | {"tracel"}
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, fuse: str | None = None) -> None:
         super().__init__(work)
         self.exe = find_tool("imgfs")
         self.cache = work / "cache"
+        self.fuse = fuse  # the libfuse version (--fuse); None: imgfs's default
+        if fuse:
+            self.name = f"imgfs fuse{fuse}"
 
     def available(self) -> str | None:
         if not self.exe:
@@ -364,7 +367,7 @@ class Imgfs(FusePeer):
         return imgfs_env(self.work, self.cache)
 
     def argv(self, img: Image, mnt: Path) -> list[str]:
-        return [self.exe or "imgfs", "mount", str(img.path), str(mnt)]
+        return [self.exe or "imgfs", "mount", str(img.path), str(mnt)] + (["--fuse", self.fuse] if self.fuse else [])
 
     def tree(self, img: Image, s: Session) -> Path:
         return s.mnt / "merged"
@@ -441,7 +444,7 @@ class LocalDisk(Peer):
     """The merged tree extracted once to local disk; operations run with a warm page cache."""
 
     name = "local disk"
-    ops = frozenset({"trace", "find1", "find2", "cat1", "cat2"})
+    ops = frozenset({"trace", "find1", "find2", "cat1", "cat2", "statwalk"})
 
     def __init__(self, work: Path) -> None:
         super().__init__(work)
@@ -520,6 +523,8 @@ class Phase:
 
 PHASES = (
     Phase("cold", False, False, ("ready", "trace", "find1", "find2", "cat1", "cat2", "rss")),
+    Phase("whole", False, False, ("ready", "findall")),  # its own mount: the first walk of everything
+    Phase("stat", False, False, ("ready", "statwalk")),  # its own mount: a first walk that stats everything
     Phase("warm", True, False, ("ready", "trace", "find1", "rss")),
     Phase("layer", False, False, ("ready", "tracel"), requires="tracel"),  # after warm: it empties the cache
     Phase("disk", False, True, ("ready", "trace", "cat1")),
@@ -590,6 +595,18 @@ def op_find(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: 
     return dt
 
 
+def op_find_all(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
+    """`find MNT | wc -l` over the whole mount (imgfs: every layer and merged/), 1st walk."""
+    dt, out = sh(f"find {shlex.quote(str(s.mnt))} | wc -l")
+    info.setdefault("find-all entries", {})[peer.name] = int(out)
+    return dt
+
+
+def op_stat_walk(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
+    """`find TREE -printf '%s\\n'` (a stat of every entry, as ls -l, du or tar do), 1st walk."""
+    return sh(f"find {shlex.quote(str(peer.tree(img, s)))} -printf '%s\\n' | wc -l")[0]
+
+
 def op_cat(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: dict) -> float:
     assert img.artifact is not None
     if phase.drop_caches:
@@ -610,7 +627,8 @@ def op_rss(peer: Peer, img: Image, s: Session, phase: Phase, work: Path, info: d
 
 OPS: dict[str, Callable[..., float | None]] = {
     "ready": op_ready, "trace": op_trace, "tracel": op_trace_layer, "find1": op_find, "find2": op_find,
-    "cat1": op_cat, "cat2": op_cat, "gztail": op_gztail, "rss": op_rss}
+    "cat1": op_cat, "cat2": op_cat, "gztail": op_gztail, "rss": op_rss, "findall": op_find_all,
+    "statwalk": op_stat_walk}
 
 
 # ---------------------------------------------------------------- whole commands (no FUSE)
@@ -750,7 +768,9 @@ ROWS = (  # (metric, label); seconds unless the label says otherwise
     ("warm.trace", "mount → trace.log copied out, index kept"),
     ("disk.ready", "mount → `ls MNT` works, cold + page cache dropped"),
     ("disk.trace", "mount → trace.log copied out, cold + page cache dropped"),
+    ("whole.findall", "`find MNT | wc -l`, the whole mount, 1st walk"),
     ("cold.find1", "`find TREE | wc -l`, 1st walk"),
+    ("stat.statwalk", "`find TREE -printf '%s\\n'` (stats every entry), 1st walk"),
     ("cold.find2", "`find TREE | wc -l`, 2nd walk"),
     ("warm.find1", "`find TREE | wc -l`, 1st walk of a mount with the index kept"),
     ("cold.cat1", "`cat` 1 GiB file > /dev/null, 1st read (fresh mount)"),
@@ -782,7 +802,8 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def target_check(res: Results, image: str, metric: str) -> str:
     goal = TARGETS.get(metric)
-    v = res.median(image, "imgfs", metric)
+    first = next((c for c in res.values.get(image, {}) if c.startswith("imgfs")), "imgfs")
+    v = res.median(image, first, metric)
     if goal is None or v is None or image != "big":
         return ""
     limit = res.median(image, "ratarmount", metric) if goal == "ratarmount" else goal
@@ -804,14 +825,15 @@ def table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
 def report(res: Results, images: list[Image], markdown: bool) -> str:
     out = []
     for img in images:
-        cols = [c for c in ("imgfs", "ratarmount", "local disk") if c in res.values.get(img.name, {})]
+        have = res.values.get(img.name, {})
+        cols = [c for c in ("imgfs fuse3", "imgfs fuse2", "imgfs", "ratarmount", "local disk") if c in have]
         rows = []
         for metric, label in ROWS:
             vals = [res.median(img.name, c, SAME_AS.get((metric, c), metric)) for c in cols]
             if all(v is None for v in vals):
                 continue
             row = [label, *(fmt(v, metric) for v in vals)]
-            if "imgfs" in cols:
+            if cols and cols[0].startswith("imgfs"):
                 row += [ratio(vals[0], res.median(img.name, other, SAME_AS.get((metric, other), metric)))
                         if other != "local disk" or metric.split(".")[1] not in MOUNT_RELATIVE else "–"
                         for other in cols[1:]]
@@ -819,17 +841,18 @@ def report(res: Results, images: list[Image], markdown: bool) -> str:
                     row.append(target_check(res, img.name, metric))
             rows.append(row)
         header = ["", *cols]
-        if "imgfs" in cols:
-            header += [f"imgfs ÷ {c}" for c in cols[1:]] + (["issue 3 target"] if img.name == "big" else [])
+        if cols and cols[0].startswith("imgfs"):
+            header += [f"{cols[0]} ÷ {c}" for c in cols[1:]] + (["issue 3 target"] if img.name == "big" else [])
         if rows:
             out.append(f"### {img.name}: {img.entries} tar entries; mounts\n\n" + table(header, rows, markdown))
         cmd_rows = [[name, fmt(res.median(img.name, "commands", name))]
                     for name in res.values.get(img.name, {}).get("commands", {})]
         if cmd_rows:
             out.append(f"### {img.name}: whole commands\n\n" + table(["command", "time"], cmd_rows, markdown))
-        counts = res.info.get(img.name, {}).get("find entries")
-        if counts:
-            out.append("find counted: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for what in ("find entries", "find-all entries"):
+            counts = res.info.get(img.name, {}).get(what)
+            if counts:
+                out.append(f"{what} counted: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return "\n\n".join(out + [f"skipped: {s}" for s in res.skipped])
 
 
@@ -863,6 +886,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated subset of imgfs, ratarmount, local, commands (default all)")
     p.add_argument("--phases", default=",".join(ph.name for ph in PHASES),
                    help="comma-separated subset of the mount phases (default all)")
+    p.add_argument("--fuse", default="3,2", help="imgfs's libfuse versions, each a column (--fuse 3 / --fuse 2): "
+                   "comma-separated, '' for imgfs's default (default 3,2)")
     p.add_argument("--slow", action="store_true", help="also run seed_naive.sh (~25 s a run)")
     p.add_argument("--keep-awake", action="store_true",
                    help="keep one core busy at nice 19 while measuring: on an idle VM every FUSE round trip also "
@@ -899,8 +924,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         images = [load_image(n, args.imgdir, facts) for n in names]
         peers: list[Peer] = []
-        for cls, key in ((Imgfs, "imgfs"), (Ratarmount, "ratarmount"), (LocalDisk, "local")):
-            peer = cls(work)
+        made: list[tuple[Peer, str]] = [(Imgfs(work, v or None), "imgfs") for v in args.fuse.split(",")]
+        made += [(Ratarmount(work), "ratarmount"), (LocalDisk(work), "local")]
+        for peer, key in made:
             why = peer.available() if key in tools else "not in --tools"
             if why:
                 res.skipped.append(f"{peer.name}: {why}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,8 @@ def force_unmount(path: str | os.PathLike[str]) -> None:
     for args in (["-u"], ["-uz"]):
         if not is_mounted(path):
             return
-        subprocess.run(["fusermount", *args, str(path)], capture_output=True)
+        subprocess.run(["fusermount3" if shutil.which("fusermount3") else "fusermount", *args, str(path)],
+                       capture_output=True)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -70,6 +72,16 @@ class Mounter:
     def cleanup(self) -> None:
         for mp in self.points:
             force_unmount(mp)
+
+
+BACKENDS = (3, 2)
+
+
+@pytest.fixture(autouse=True, params=BACKENDS, ids=[f"fuse{v}" for v in BACKENDS])
+def fuse_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Every FUSE test runs under libfuse 3 and under libfuse 2 ($IMGFS_FUSE reaches CLI subprocesses too)."""
+    monkeypatch.setenv("IMGFS_FUSE", str(request.param))
+    return request.param
 
 
 @pytest.fixture(scope="session")

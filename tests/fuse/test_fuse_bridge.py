@@ -35,6 +35,32 @@ def test_dirents_are_packed_as_libfuse_packs_them() -> None:
     assert ends[-1] == len(data) and ends == sorted(ends) and all(e % 8 == 0 for e in ends)
 
 
+def test_readdirplus_entries_are_packed_as_libfuse_3_packs_them() -> None:
+    lib = ctypes.CDLL("libfuse3.so.3")
+    lib.fuse_add_direntry_plus.restype = ctypes.c_size_t
+    lib.fuse_add_direntry_plus.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                           ctypes.POINTER(bridge.EntryParam), ctypes.c_int64]
+    stats = [(1 << 40 | 9, stat.S_IFREG | 0o644, 2, 1000, 1001, 0, 123456789, 1700000000.25),
+             (3, stat.S_IFLNK | 0o777, 1, 0, 0, 0, 7, -1.5),
+             (4, stat.S_IFCHR | 0o600, 1, 0, 5, os.makedev(1, 5), 0, 0.0)]
+    entries = [(b"a", stats[0][1], stats[0][0], stats[0]), (b"x" * 255, stats[1][1], stats[1][0], stats[1]),
+               (b"caf\xe9", stats[2][1], stats[2][0], stats[2])]
+    expected = b""
+    for n, (name, _mode, _ino, st) in enumerate(entries):
+        e = bridge.EntryParam(ino=st[0], attr_timeout=bridge.TIMEOUT, entry_timeout=bridge.TIMEOUT)
+        bridge.fill(e.attr, st, 1 << 20)
+        size = lib.fuse_add_direntry_plus(None, None, 0, name, None, 0)
+        buf = ctypes.create_string_buffer(size)
+        assert lib.fuse_add_direntry_plus(None, buf, size, name, ctypes.byref(e), n + 1) == size
+        expected += buf.raw
+    data, ends = bridge.pack_dirplus(entries, 1 << 20)
+    assert data == expected
+    assert ends[-1] == len(data) and all(e % 8 == 0 for e in ends)
+    # An entry without attributes: node id 0 (the kernel looks it up if it needs to), its dirent as readdir's
+    data, _ = bridge.pack_dirplus([(b".", stat.S_IFDIR, 7, None)])
+    assert data == bytes(bridge._ENTRY_OUT.size) + bridge.pack_dir([(b".", stat.S_IFDIR, 7)])[0]
+
+
 @pytest.fixture
 def big_dir(tmp_path: Path) -> tuple[Path, list[str]]:
     """An image with one directory far bigger than a READDIR request (4 KiB): 3000 names of 6-95 bytes."""

@@ -148,13 +148,47 @@ def test_nonempty_option_mounts_over_files(mounter, tmp_path: Path) -> None:
     assert sorted(os.listdir(full)) == ["config.json", "layers", "manifest.json", "merged"]
 
 
-def test_missing_libfuse_is_one_clear_line(tmp_path: Path, env: dict) -> None:
+def _without(tmp_path: Path, soname: str, module: str | None) -> dict[str, str]:
+    """PYTHONPATH for a Python in which loading `soname` (and importing `module`) is impossible."""
+    site = tmp_path / f"no-{soname}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import ctypes, sys\n"
+        f"if {module!r} != 'None':\n    sys.modules[{module!r}] = None  # import fails\n"
+        "_init = ctypes.CDLL.__init__\n"
+        "def _refuse(self, name, *a, **k):\n"
+        f"    if name and {soname!r} in str(name):\n"
+        f"        raise OSError({soname!r} + ': cannot open shared object file: No such file or directory')\n"
+        "    _init(self, name, *a, **k)\n"
+        "ctypes.CDLL.__init__ = _refuse\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_missing_libfuse_is_one_clear_line(version: int, tmp_path: Path, env: dict) -> None:
     mp = tmp_path / "mnt"
     mp.mkdir()
-    res = cli("mount", SEED, mp, env=dict(env, FUSE_LIBRARY_PATH=str(tmp_path / "libfuse.so.2")))
+    soname = "libfuse.so.2" if version == 2 else "libfuse3.so.3"
+    res = cli("mount", "--fuse", str(version), SEED, mp, env=dict(env, **_without(tmp_path, soname, None)))
     assert res.returncode != 0
-    assert res.stderr.count("\n") == 1 and "apt-get install fuse libfuse2" in res.stderr, res.stderr
+    hint = "apt-get install libfuse2" if version == 2 else "apt-get install fuse3 libfuse3-3"
+    assert res.stderr.count("\n") == 1 and hint in res.stderr, res.stderr
     assert not os.path.ismount(mp)
+
+
+def test_mount_works_where_only_libfuse_3_can_be_loaded(mounter, tmp_path: Path, env: dict, tools) -> None:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    mounter.points.append(mp)
+    only3 = dict(env, **_without(tmp_path, "libfuse.so.2", "fuse"))  # neither libfuse 2 nor fusepy
+    only3.pop("IMGFS_FUSE", None)
+    version = cli("--version", env=only3)
+    assert "FUSE: libfuse 3." in version.stdout and "--fuse 2" not in version.stdout, version
+    res = cli("mount", SEED, mp, env=only3)
+    assert res.returncode == 0, res.stderr
+    assert (mp / "merged/app/trace.log").read_bytes() == b"trace\n"
+    assert cli("umount", mp, env=only3).returncode == 0
+    assert not tools.is_mounted(mp)
 
 
 def test_missing_dev_fuse_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, need_fuse: None) -> None:

@@ -14,14 +14,15 @@ import pytest
 
 import imgfs
 from conftest import IMAGES
+from imgfs.fuse.inodes import MOUNT_ROOT
 from imgfs.fuse.layout import Layout, dir_name, unique_names
 from imgfs.fuse.mounting import fuse_options
-from imgfs.fuse.ops import ROOT_INO, ImgfsOps
+from imgfs.fuse.ops import ImgfsOps
 
 
 def ops_for(archive: Path, **select: str) -> tuple[imgfs.Archive, ImgfsOps]:
     a = imgfs.open_archive(archive, use_cache=False)
-    return a, ImgfsOps(Layout(a, a.select(**select)), str(archive), logging.getLogger("imgfs.test"))
+    return a, ImgfsOps(Layout(a.select(**select)), str(archive), logging.getLogger("imgfs.test"))
 
 
 def tree_of(path: bytes) -> bytes:
@@ -54,7 +55,7 @@ def test_inodes_are_unique_across_every_tree() -> None:
     a, ops = ops_for(IMAGES / "multi.docker-oci.tar")
     with a:
         owner: dict[int, bytes] = {}
-        stack = [(b"/", ROOT_INO)]
+        stack = [(b"/", MOUNT_ROOT)]
         while stack:
             path, dino = stack.pop()
             for name, mode, ino in ops.readdir(dino)[2:]:
@@ -103,20 +104,20 @@ def test_refusals_and_errors() -> None:
         with pytest.raises(OSError) as e:
             ops.readlink(app)
         assert code(e) == errno.EINVAL
-        for ino in (app, ROOT_INO):
+        for ino in (app, MOUNT_ROOT):
             with pytest.raises(OSError) as e:
                 ops.open(ino, os.O_RDONLY)
             assert code(e) == errno.EISDIR
         ops.open(trace, os.O_RDONLY)
-        assert ops.locate_read(config, 10, 0) == a.image().desc.config_bytes[:10]
-        fd, pos, n = ops.locate_read(trace, 4096, 2)
-        assert os.pread(fd, n, pos) == b"ace\n"
-        assert ops.locate_read(trace, 4096, 6)[2] == 0
+        buf = memoryview(bytearray(4096))
+        assert ops.read_into(config, 10, 0, buf) == 10 and bytes(buf[:10]) == a.image().desc.config_bytes[:10]
+        assert ops.read_into(trace, 4096, 2, buf) == 4 and bytes(buf[:4]) == b"ace\n"
+        assert ops.read_into(trace, 4096, 6, buf) == 0
         with pytest.raises(OSError) as e:
-            ops.locate_read(trace, 10, -1)  # never what precedes the file in the archive
+            ops.read_into(trace, 10, -1, buf)  # never what precedes the file in the archive
         assert code(e) == errno.EINVAL
         with pytest.raises(OSError) as e:
-            ops.locate_read(app, 10, 0)
+            ops.read_into(app, 10, 0, buf)
         assert code(e) == errno.EISDIR
 
 

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgfs", formatter_class=fmt, epilog=OUTPUT_NOTES,
         description="Look inside a saved container image tarball (docker save, podman save, OCI archive) "
                     "without Docker and without extracting it.")
-    parser.add_argument("--version", action="version", version=f"imgfs {__version__}")
+    parser.add_argument("--version", action=commands.VersionAction, version=f"imgfs {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", default=False,
                         help="no warnings, notes or progress on stderr")
     _cache_options(parser, None)
@@ -197,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     p.add_argument("--debug", action="store_true", help="log FUSE operations (implies --foreground)")
     p.add_argument("--log-file", metavar="FILE", help="where a background mount writes its log")
+    p.add_argument("--fuse", choices=["2", "3"], help="the libfuse version to drive (default: $IMGFS_FUSE, else 3 "
+                   "where libfuse3.so.3 loads, else 2); this help's description says which is in use")
+    p.add_argument("--trusted-image", action="store_true",
+                   help="allow -o dev and -o suid, which make the image's device nodes and set-user-ID files act "
+                        "on this host (refused without it: with them, an image's 'c 1:5' node reads /dev/zero)")
+    for action in p._actions:  # -h also names the FUSE backend, looked up only when asked for
+        if isinstance(action, argparse._HelpAction):
+            action.__class__ = commands.MountHelp
     p = sub.add_parser("umount", help="unmount an imgfs mount", description="Unmount an imgfs mount.",
                        parents=[_parent("common")])
     p.set_defaults(func=commands.umount)

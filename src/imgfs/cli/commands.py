@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -162,13 +163,44 @@ def _fuse() -> ModuleType:
     return fuse
 
 
+def _backend_line() -> str:
+    """Which libfuse a mount would use (loading it only now)."""
+    try:
+        return _fuse().describe_backend()
+    except ImgfsError as e:
+        return f"FUSE: {e}"
+
+
+class VersionAction(argparse.Action):
+    """--version: imgfs's, and the FUSE backend a mount would use."""
+
+    def __init__(self, option_strings: list[str], version: str, dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str = "show the version and the FUSE backend, and exit") \
+            -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+        self.version = version
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        sys.stdout.write(f"{self.version}\n{_backend_line()}\n")
+        parser.exit()
+
+
+class MountHelp(argparse._HelpAction):
+    """mount -h: the help, with the FUSE backend in use."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:  # type: ignore[override]
+        parser.description = f"{parser.description}\n{_backend_line()}"
+        super().__call__(parser, *args)  # type: ignore[arg-type]
+
+
 def mount(args: argparse.Namespace, ui: Ui) -> int:
     """imgfs mount: a read-only FUSE view of the image."""
     refuse_stream(args)
     _fuse().mount(args.archive, args.mountpoint, image=args.image, platform=args.platform,
                   foreground=args.foreground or args.debug, options=",".join(args.options) if args.options else None,
                   allow_other=args.allow_other, debug=args.debug, log_file=args.log_file, warn=ui.warn,
-                  cache_dir=cache_dir(args), use_cache=not args.no_cache, store_options=store_options(args))
+                  cache_dir=cache_dir(args), use_cache=not args.no_cache, store_options=store_options(args),
+                  fuse=args.fuse, trusted_image=args.trusted_image)
     return 0
 
 

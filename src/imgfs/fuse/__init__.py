@@ -8,10 +8,10 @@ Layout (one image; with several, one directory per image, named from its label, 
   merged/         every layer applied, whiteouts honoured
 
 Entries keep their owners and modes; the mounting user reads everything (no default_permissions), and
-allow_other brings default_permissions so that others get exactly what the modes allow. fusepy (and
-with it libfuse 2) is imported only when mounting, so the rest of imgfs works without it.
+allow_other brings default_permissions so that others get exactly what the modes allow. libfuse (3 through
+fuse3.py, or 2 through fusepy and fuse2.py) is loaded only when mounting, so the rest of imgfs works without it.
 """
 
-from .mounting import mount, umount
+from .mounting import describe_backend, load_backend, mount, umount
 
-__all__ = ["mount", "umount"]
+__all__ = ["describe_backend", "load_backend", "mount", "umount"]

@@ -7,19 +7,19 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 
-from ..archive import Archive, Image
+from ..archive import Image
 from ..errors import ImgfsError
 from ..formats.naming import MAX_NAME, SLASH
 from ..tree import Tree
+from .inodes import MOUNT_ROOT, Inodes
 
 DIR, FILE, TREE = range(3)
-TREE_SHIFT = 48  # inode = tree slot << 48 | inode inside the tree; slot 0 is the skeleton (the root is 1)
 
 
 class Node:
     """A skeleton entry: a directory, a small file, or the root of a tree (built on first use)."""
 
-    __slots__ = ("kind", "ino", "path", "names", "data", "load", "tree", "mtime")
+    __slots__ = ("kind", "ino", "path", "names", "data", "load", "tree", "mtime", "error", "slot")
 
     def __init__(self, kind: int, ino: int, path: bytes, data: bytes = b"", load: Callable[[], Tree] | None = None,
                  mtime: float | None = None) -> None:
@@ -27,13 +27,21 @@ class Node:
         self.names: tuple[bytes, ...] = ()
         self.tree: Tree | None = None
         self.mtime = mtime  # for a tree whose root no layer describes: when its layer was made
+        self.error: ImgfsError | None = None  # why the tree cannot be built: kept, so it is tried once
+        self.slot = 0  # a TREE node's place in Layout.trees, + 1
 
     def get_tree(self) -> Tree:
-        """The tree mounted here, built on first access (the engine keeps it)."""
+        """The tree mounted here, built on first access (the engine keeps it); ImgfsError if it cannot be."""
         tree = self.tree
         if tree is None:
+            if self.error is not None:
+                raise self.error
             assert self.load is not None
-            tree = self.tree = self.load()
+            try:
+                tree = self.tree = self.load()
+            except ImgfsError as e:
+                self.error = e
+                raise
         return tree
 
 
@@ -76,46 +84,33 @@ def unique_names(images: list[Image]) -> list[str]:
     return names
 
 
-def _clean(path: str) -> str:
-    while path.startswith("./"):
-        path = path[2:]
-    return path.lstrip("/")
-
-
-def manifest_bytes(archive: Archive, image: Image) -> bytes:
-    """The image manifest; a legacy docker-archive has none, so its manifest.json entry stands in."""
+def manifest_bytes(image: Image) -> bytes:
+    """The image manifest; a legacy docker-archive has none, so its manifest.json entry, as the parser read
+    it (Config, RepoTags, Layers), stands in."""
     if image.desc.manifest_bytes is not None:
         return image.desc.manifest_bytes
-    entry = None
-    try:
-        doc = json.loads(archive.blobs.read("manifest.json"))
-        for e in doc if isinstance(doc, list) else []:
-            cfg = e.get("Config") if isinstance(e, dict) else None
-            if isinstance(cfg, str) and _clean(cfg) == image.desc.config_member \
-                    and (e.get("RepoTags") or []) == image.refs:
-                entry = e
-                break
-    except (ImgfsError, ValueError):
-        pass
-    if entry is None:  # rebuilt from what the parser kept
-        entry = {"Config": image.desc.config_member, "RepoTags": image.refs,
-                 "Layers": [layer.member for layer in image.layers]}
+    entry = {"Config": image.desc.config_member, "RepoTags": image.refs,
+             "Layers": [layer.member for layer in image.layers]}
     return json.dumps(entry, indent=2).encode() + b"\n"
 
 
 class Layout:
     """Every skeleton path (bytes, from the mount root) mapped to its Node; trees sit below TREE nodes."""
 
-    def __init__(self, archive: Archive, images: list[Image]) -> None:
+    def __init__(self, images: list[Image]) -> None:
         self.nodes: dict[bytes, Node] = {}
         self.trees: list[Node] = []  # TREE nodes by slot - 1
-        self._add(b"/", DIR)  # first, so that it is inode 1, the one the kernel asks for as the root
+        root = self._add(b"/", DIR)  # first, so that it is the inode the kernel asks for as the root
+        assert root.ino == MOUNT_ROOT
         if len(images) == 1:
-            self._image(b"", archive, images[0])
+            self._image(b"", images[0])
         else:
             for name, img in zip(unique_names(images), images, strict=True):
-                self._image(b"/" + os.fsencode(name), archive, img)
+                self._image(b"/" + os.fsencode(name), img)
         self._finish_dirs()
+        self.inodes = Inodes(len(self.trees), max((len(img.layers) for img in images), default=1))
+        for node in self.trees:
+            node.ino = self.inodes.tree_root(node.slot)
 
     def _add(self, path: bytes, kind: int, **kw: object) -> Node:
         node = Node(kind, len(self.nodes) + 1 - len(self.trees), path, **kw)  # type: ignore[arg-type]
@@ -123,13 +118,14 @@ class Layout:
         return node
 
     def _tree(self, path: bytes, load: Callable[[], Tree], created: str | None = None) -> None:
-        node = Node(TREE, (len(self.trees) + 1) << TREE_SHIFT | 1, path, load=load, mtime=_timestamp(created))
+        node = Node(TREE, 0, path, load=load, mtime=_timestamp(created))
         self.trees.append(node)
+        node.slot = len(self.trees)
         self.nodes[path] = node
 
-    def _image(self, base: bytes, archive: Archive, img: Image) -> None:
+    def _image(self, base: bytes, img: Image) -> None:
         self._add(base + b"/config.json", FILE, data=img.desc.config_bytes)
-        self._add(base + b"/manifest.json", FILE, data=manifest_bytes(archive, img))
+        self._add(base + b"/manifest.json", FILE, data=manifest_bytes(img))
         self._tree(base + b"/merged", img.merged)
         for name, data in img.attestations():  # attestations/ (implied by its files) only where there are some
             self._add(base + b"/attestations/" + os.fsencode(name), FILE, data=data)

@@ -6,12 +6,14 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import select
 import signal
 import stat
 import threading
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from ..archive import Archive, Image, open_archive
@@ -19,24 +21,81 @@ from ..errors import ImgfsError, SelectionError, UsageError
 from ..stores import absolute, is_reference
 
 READY = b"\0imgfs-ready\n"
+FSTYPE = b"fuse.imgfs"  # how /proc/mounts shows an imgfs mount (subtype=imgfs)
 READY_TIMEOUT = 30.0
-INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install fuse libfuse2)"
+BACKENDS = (3, 2)  # libfuse versions, preferred first
+INSTALL_HINT = {3: "install it (Debian/Ubuntu: apt-get install fuse3 libfuse3-3)",
+                2: "install it (Debian/Ubuntu: apt-get install libfuse2)"}
+FUSE_ENV = "IMGFS_FUSE"  # the default for --fuse: 2 or 3
 log = logging.getLogger("imgfs.fuse")
 
 
-def _load_bridge() -> Any:
-    """Import the libfuse binding (fusepy loads libfuse.so.2 on import)."""
+def _load_version(version: int) -> ModuleType:
+    """The module driving one libfuse version (it loads the library on import), or an ImgfsError why not."""
+    from .bridge import supported_machine
+
+    if not supported_machine():
+        raise ImgfsError(f"FUSE mounts are not supported on {os.uname().machine}")
+    if version == 3:
+        try:
+            from . import fuse3
+        except OSError as e:
+            raise ImgfsError(f"libfuse 3 is not installed ({e}): {INSTALL_HINT[3]}") from None
+        return fuse3
     # By soname: fusepy would otherwise search with ctypes.util.find_library, which runs `ldconfig -p`.
     os.environ.setdefault("FUSE_LIBRARY_PATH", "libfuse.so.2")
     try:
-        from . import bridge
+        from . import fuse2
     except ImportError as e:
         if "fuse" in str(e) and "libfuse" not in str(e):
             raise ImgfsError(f"the fusepy package is missing: pip install fusepy ({e})") from None
-        raise ImgfsError(f"libfuse 2 is not usable ({e}): {INSTALL_HINT}") from None
+        raise ImgfsError(f"libfuse 2 is not usable ({e}): {INSTALL_HINT[2]}") from None
     except OSError as e:  # fusepy: "Unable to find libfuse"
-        raise ImgfsError(f"libfuse 2 is not installed ({e}): {INSTALL_HINT}") from None
-    return bridge
+        raise ImgfsError(f"libfuse 2 is not installed ({e}): {INSTALL_HINT[2]}") from None
+    return fuse2
+
+
+def requested_backend(version: int | str | None = None) -> int | None:
+    """The libfuse version asked for: `version`, else $IMGFS_FUSE, else None (the best one there is)."""
+    if version is None:
+        version = os.environ.get(FUSE_ENV) or None
+    if version is None:
+        return None
+    try:
+        number = int(version)
+    except ValueError:
+        number = 0
+    if number not in BACKENDS:
+        raise UsageError(f"--fuse (or ${FUSE_ENV}) must be 2 or 3, not {version!r}")
+    return number
+
+
+def load_backend(version: int | str | None = None) -> ModuleType:
+    """The backend module: the version asked for, or libfuse 3 when libfuse3.so.3 loads, else libfuse 2."""
+    wanted = requested_backend(version)
+    if wanted is not None:
+        return _load_version(wanted)
+    errors = []
+    for v in BACKENDS:
+        try:
+            return _load_version(v)
+        except ImgfsError as e:
+            errors.append(str(e))
+    raise ImgfsError("no FUSE library is usable: " + "; ".join(errors))
+
+
+def describe_backend() -> str:
+    """One line for --version and mount --help: which libfuse a mount would use, and what else is there."""
+    try:
+        chosen = load_backend()
+    except ImgfsError as e:
+        return f"FUSE: {e}"
+    others = []
+    for v in BACKENDS:
+        if v != chosen.VERSION:
+            with contextlib.suppress(ImgfsError):
+                others.append(f"libfuse {_load_version(v).VERSION} with --fuse {v}")
+    return f"FUSE: {chosen.describe()}" + (f"; also {', '.join(others)}" if others else "")
 
 
 def _dead(mountpoint: str) -> ImgfsError:
@@ -84,8 +143,15 @@ _HIGH_LEVEL = frozenset({"use_ino", "readdir_ino", "kernel_cache", "auto_cache",
 OWNER_OPTIONS = ("uid", "gid", "umask")  # high-level options imgfs applies itself (ImgfsOps.getattr)
 
 
-def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[str, Any]:
-    """The -o options for libfuse: read-only, named after the archive, plus the user's."""
+# Mount options that let an image's own files act on the host: its device nodes (a "c 1:5" node, mode
+# 0666, reads the host's /dev/zero) and its set-user-ID programs. FUSE mounts go without them by default.
+TRUST_OPTIONS = ("dev", "suid")
+
+
+def fuse_options(archive: str, options: str | None, allow_other: bool, trusted: bool = False) -> dict[str, Any]:
+    """The -o options for libfuse: read-only, named after the archive, plus the user's.
+
+    dev and suid are refused unless `trusted` (the caller vouches for the image)."""
     opts: dict[str, Any] = {"ro": True, "fsname": _escape(absolute(archive)), "subtype": "imgfs"}
     if allow_other:
         opts["allow_other"] = True
@@ -95,6 +161,9 @@ def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[s
             continue
         if key == "rw":
             raise UsageError("imgfs mounts are read-only: option 'rw' is not supported")
+        if key in TRUST_OPTIONS and not trusted:
+            raise UsageError(f"option '{key}' would let the image's {'device nodes' if key == 'dev' else 'set-user-ID'}"
+                             f" files act on this host: add --trusted-image if you trust the image")
         if key in OWNER_OPTIONS:
             try:
                 number = int(value, 8 if key == "umask" else 10)
@@ -111,10 +180,17 @@ def fuse_options(archive: str, options: str | None, allow_other: bool) -> dict[s
     return opts
 
 
-def _argv(opts: dict[str, Any], debug: bool) -> list[str]:
+# Options libfuse 3 no longer knows (it refuses unknown ones): it mounts over a non-empty directory anyway.
+_NOT_IN_3 = frozenset({"nonempty", "big_writes", "large_read"})
+
+
+def _argv(opts: dict[str, Any], debug: bool, version: int) -> list[str]:
     """libfuse's command line: the options, and -d for its request log."""
-    # One thread serves every request (bridge.py): each callback needs the GIL anyway, and libfuse's worker
-    # threads measured twice the CPU time per request (thread-state churn, GIL handoffs) for no gain.
+    # One thread runs libfuse's loop (bridge.py): each callback needs the GIL anyway, and libfuse's worker
+    # threads measured twice the CPU time per request (thread-state churn, GIL handoffs) for no gain. Only
+    # reads that decompress go to a few threads of imgfs's own, so that they never hold up other requests.
+    if version == 3:
+        opts = {k: v for k, v in opts.items() if k not in _NOT_IN_3}
     args = ["-d"] if debug else []
     return args + ["-o", ",".join(k if v is True else f"{k}={v}" for k, v in opts.items())]
 
@@ -134,6 +210,7 @@ def _prebuild(images: list[Image]) -> None:
     Every look into merged/ or layers/ needs it (layer trees resolve hard links through it), so this is
     work the first access would otherwise wait for; layer trees themselves stay lazy.
     """
+    signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))  # the loop's
     for img in images:
         with contextlib.suppress(Exception):  # the access that needs it will report the failure
             img.merged()
@@ -167,16 +244,45 @@ class _Stderr:
         return text
 
 
+_OPEN_REQUEST = re.compile(rb"^unique: (\d+), opcode: (OPEN|OPENDIR|FLUSH) ")
+_ENOSYS_REPLY = re.compile(rb"^(\s*unique: (\d+), )error: -38 \(Function not implemented\)")
+
+
+def _reword_debug_log() -> None:
+    """libfuse -d logs the ENOSYS answer to OPEN/OPENDIR as an error; it is the zero-round-trip open
+    working as meant, so say that (a thread between libfuse's stderr and where it went)."""
+    target = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+        opens: dict[bytes, bytes] = {}
+        with open(r, "rb", buffering=0) as src:
+            for line in iter(src.readline, b""):
+                m = _OPEN_REQUEST.match(line)
+                if m:
+                    opens[m.group(1)] = m.group(2)
+                m = _ENOSYS_REPLY.match(line)
+                if m and m.group(2) in opens:
+                    what = b"nothing to flush" if opens.pop(m.group(2)) == b"FLUSH" else b"opened without a round trip"
+                    line = m.group(1) + b"ENOSYS: " + what + b" (the kernel no longer asks)" + line[m.end():]
+                os.write(target, line)
+
+    threading.Thread(target=run, name="imgfs-debug-log", daemon=True).start()
+
+
 def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any], debug: bool,
-           on_ready: Callable[[], None] | None) -> None:
+           on_ready: Callable[[], None] | None, version: int) -> None:
     """Run the filesystem until it is unmounted (SIGTERM, SIGINT and SIGHUP unmount it)."""
-    bridge = _load_bridge()
+    backend = _load_version(version)
     from .layout import Layout
     from .ops import ImgfsOps
 
     owner = tuple(opts.get(k) for k in OWNER_OPTIONS)
     opts = {k: v for k, v in opts.items() if k not in OWNER_OPTIONS}  # libfuse's low level knows none of them
-    ops = ImgfsOps(Layout(archive, images), archive.path, log, owner)  # type: ignore[arg-type]
+    ops = ImgfsOps(Layout(images), archive.path, log, owner)  # type: ignore[arg-type]
     captured = _Stderr()
 
     def ready() -> None:
@@ -185,6 +291,8 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
             on_ready()
         if text:
             os.write(2, text)
+        if debug:
+            _reword_debug_log()
 
     ops.on_ready.append(ready)
     # Started once the kernel has the mount, so that the handshake does not wait for the GIL. Not for a
@@ -192,24 +300,17 @@ def _serve(archive: Archive, images: list[Image], mp: str, opts: dict[str, Any],
     if not is_reference(archive.path):
         ops.on_ready.append(lambda: threading.Thread(target=_prebuild, args=(images,), name="imgfs-prebuild",
                                                      daemon=True).start())
-    # libfuse installs its own unmounting handlers only over the default disposition.
-    saved: dict[int, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            saved[sig] = signal.signal(sig, signal.SIG_DFL)
     try:
-        bridge.Bridge(ops, mp, _argv(opts, debug))
+        backend.Bridge(ops, mp, _argv(opts, debug, version), debug)
     except RuntimeError:
         text = captured.release().decode("utf-8", "replace").strip().replace("\n", "; ")
         raise ImgfsError(f"cannot mount on {mp}: {text or 'libfuse failed'}") from None
     finally:
         captured.release()
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def _daemon(status_fd: int, archive: str, chosen: list[int], mp: str, opts: dict[str, Any], debug: bool,
-            log_file: str | None, open_kw: dict[str, Any]) -> None:
+            log_file: str | None, open_kw: dict[str, Any], version: int) -> None:
     """The detached mount process: stderr goes to the caller until the mount is up, then to the log."""
     devnull = os.open(os.devnull, os.O_RDWR)
     logfd = devnull
@@ -235,12 +336,12 @@ def _daemon(status_fd: int, archive: str, chosen: list[int], mp: str, opts: dict
         log.info("mounted %s on %s", archive, mp)
 
     with open_archive(archive, warn=log.warning, **open_kw) as arch:
-        _serve(arch, [arch.images[i] for i in chosen], mp, opts, debug, ready)
+        _serve(arch, [arch.images[i] for i in chosen], mp, opts, debug, ready, version)
     log.info("unmounted %s", mp)
 
 
 def _spawn(archive: str, chosen: list[int], mp: str, opts: dict[str, Any], debug: bool,
-           log_file: str | None, open_kw: dict[str, Any]) -> None:
+           log_file: str | None, open_kw: dict[str, Any], version: int) -> None:
     """Start the daemon (double fork, so init adopts it) and wait until its mount answers."""
     r, w = os.pipe()
     pid = os.fork()
@@ -250,7 +351,7 @@ def _spawn(archive: str, chosen: list[int], mp: str, opts: dict[str, Any], debug
             os.close(r)
             os.setsid()
             if os.fork() == 0:
-                _daemon(w, archive, chosen, mp, opts, debug, log_file, open_kw)
+                _daemon(w, archive, chosen, mp, opts, debug, log_file, open_kw, version)
             rc = 0
         except BaseException as e:  # noqa: BLE001 - nothing may run on in the caller's code
             with contextlib.suppress(OSError):
@@ -287,12 +388,14 @@ def _wait_ready(fd: int, mp: str, timeout: float) -> None:
 def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: str | None = None,
           foreground: bool = False, options: str | None = None, allow_other: bool = False,
           debug: bool = False, log_file: str | None = None, warn: Callable[[str], None] | None = None,
-          cache_dir: str | None = None, use_cache: bool = True, store_options: dict[str, Any] | None = None) -> None:
+          cache_dir: str | None = None, use_cache: bool = True, store_options: dict[str, Any] | None = None,
+          fuse: int | str | None = None, trusted_image: bool = False) -> None:
     """Mount an archive read-only; in the background (default) return once the mount answers.
 
-    cache_dir/use_cache go to open_archive (the engine's index cache)."""
-    _load_bridge()
-    opts = fuse_options(archive, options, allow_other)
+    cache_dir/use_cache go to open_archive (the engine's index cache); fuse picks libfuse 2 or 3 (default:
+    $IMGFS_FUSE, else 3 where it loads); trusted_image allows the dev and suid options."""
+    version = load_backend(fuse).VERSION
+    opts = fuse_options(archive, options, allow_other, trusted_image)
     mp = _check_mountpoint(mountpoint, "nonempty" in opts)
     archive = absolute(archive)  # oci:DIR:REF keeps its prefix and ref, docker://... is left as it is
     if log_file:
@@ -308,40 +411,59 @@ def mount(archive: str, mountpoint: str, *, image: str | None = None, platform: 
         chosen = arch.select(image, platform)
         if not chosen:
             raise SelectionError(f"{archive}: the archive holds no image")
+        from .layout import Layout
+
+        Layout(chosen)  # refuses what cannot be mounted (too many layers), here rather than in the daemon
         if foreground:
             if not logging.getLogger("imgfs").hasHandlers():
                 _log_to(logging.StreamHandler(), debug)
-            _serve(arch, chosen, mp, opts, debug, None)
+            _serve(arch, chosen, mp, opts, debug, None, version)
             return
         indices = [arch.images.index(img) for img in chosen]
     # rapidgzip's threads do not survive fork(): the daemon opens the archive again (cheap: the engine
     # caches indexes and seek points), after the errors a bad archive gives have reached the caller here.
-    _spawn(archive, indices, mp, opts, debug, log_file, open_kw)
+    _spawn(archive, indices, mp, opts, debug, log_file, open_kw, version)
 
 
-def _is_mounted(mp: str) -> bool:
-    """Whether /proc/mounts lists the path (also true for a mount whose process died)."""
+def _unescape(field: bytes) -> bytes:
+    """A /proc/mounts field as the path it is (octal escapes for space, tab, newline, backslash)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
+def _mount_entry(mp: str) -> tuple[bytes, bytes] | None:
+    """(source, fstype) of the last mount on `mp` in /proc/mounts (a dead mount is listed too), or None."""
+    target = os.fsencode(mp)
+    found = None
     try:
         with open("/proc/mounts", "rb") as fh:
-            target = os.fsencode(mp).replace(b"\\", b"\\134").replace(b" ", b"\\040") \
-                .replace(b"\t", b"\\011").replace(b"\n", b"\\012")
-            return any(line.split(b" ")[1] == target for line in fh if line.count(b" ") >= 2)
+            for line in fh:
+                fields = line.split(b" ")
+                if len(fields) >= 3 and _unescape(fields[1]) == target:
+                    found = (_unescape(fields[0]), fields[2])
     except OSError:
-        return os.path.ismount(mp)
+        return None
+    return found
 
 
 def umount(mountpoint: str, lazy: bool = False) -> None:
-    """Unmount (fusermount -u, -z when lazy); also clears a mount whose process died."""
+    """Unmount an imgfs mount (fusermount3 -u, or fusermount -u; -z when lazy); also clears a mount whose
+    process died. Anything that is not a FUSE mount of imgfs is refused."""
     mp = os.path.abspath(mountpoint)
-    if not _is_mounted(mp):
+    entry = _mount_entry(mp)
+    if entry is None:
         if not os.path.lexists(mp):
             raise ImgfsError(f"{mountpoint} does not exist")
         raise ImgfsError(f"{mountpoint} is not mounted")
+    if entry[1] != FSTYPE:
+        raise ImgfsError(f"{mountpoint} is not an imgfs mount (it is {entry[1].decode(errors='replace')}): "
+                         f"use umount(8) for it")
     import shutil  # here: the mount path does not need it (start-up time)
     import subprocess
 
-    if shutil.which("fusermount"):
-        cmd = ["fusermount", "-u"] + (["-z"] if lazy else []) + ["--", mp]
+    # Either unmounts any FUSE mount of this user (Debian's fuse3 links fusermount to fusermount3).
+    tool = next((t for t in ("fusermount3", "fusermount") if shutil.which(t)), None)
+    if tool:
+        cmd = [tool, "-u"] + (["-z"] if lazy else []) + ["--", mp]
     else:
         cmd = ["umount"] + (["-l"] if lazy else []) + ["--", mp]
     res = subprocess.run(cmd, capture_output=True, text=True)

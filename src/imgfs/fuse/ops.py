@@ -1,9 +1,13 @@
 """The filesystem's answers over image trees: inode numbers in, stat tuples and bytes out, OSError(errno) on refusal.
 
 Pure Python (no libfuse): bridge.py turns libfuse's low-level callbacks into these calls. An inode number
-says where an entry is: tree slot << 48 | inode inside the tree (slot 0: the skeleton, whose root is 1).
-Inside a tree a directory's is 2^47 + its tree node, anything else's its reference + 2 (hard links share
-one): an inode alone finds a file's bytes or a directory's children, and nothing is remembered per inode.
+says where an entry is (inodes.py packs and unpacks them): a directory's names its tree node, anything
+else's its member reference (hard links share one), so an inode alone finds a file's bytes or a directory's
+children, and nothing is remembered per inode.
+
+Never a wrong byte: a read gives all the bytes asked for (up to the end of the file) or EIO with a log
+line, never a short count (the kernel would keep it as the file's size); an archive changed under the
+mount (size, mtime or ctime) answers EIO.
 """
 
 from __future__ import annotations
@@ -18,30 +22,21 @@ import time
 import cachetools
 
 from ..errors import ImgfsError
-from ..stores import is_reference
-from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, SYMLINK, normalize
+from ..stores import local_path
+from ..tarindex.reader import DIR, FILE, SYMLINK, normalize
 from ..tree import Tree
+from ..tree.tree import _S_IFMT as IFMT
 from ..tree.tree import MASK, SHIFT
+from .inodes import MOUNT_ROOT
 from .layout import DIR as SKEL_DIR
 from .layout import FILE as SKEL_FILE
-from .layout import TREE_SHIFT, Layout, Node
+from .layout import TREE, Layout, Node
 
-IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: stat.S_IFCHR,
-        BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
-ROOT_INO = 1
-_LOCAL = (1 << TREE_SHIFT) - 1
-_DIRS = 1 << (TREE_SHIFT - 1)  # a directory's local inode is this + its tree node (references stay below)
+_TIME_LIMIT = float(1 << 62)  # seconds either side of the epoch that a timespec still holds
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 # (st_ino, st_mode, st_nlink, st_uid, st_gid, st_rdev, st_size, st_mtime)
 Stat = tuple[int, int, int, int, int, int, int, float]
-
-
-def local_ino(tree: Tree, node: int) -> int:
-    """A tree entry's inode in its tree (its root is 1): a directory's says its node, anything else's its
-    reference, so that hard links share one and a file's inode alone finds its bytes."""
-    ref = tree.refs[node]
-    return _DIRS + node if tree.kind_code(ref) == DIR else ref + 2
 
 
 def _err(code: int) -> OSError:
@@ -51,12 +46,17 @@ def _err(code: int) -> OSError:
 class _Where:
     """Where a file's bytes are: an extent of the archive (fd, base, size), or a tree read, or bytes."""
 
-    __slots__ = ("node", "tree", "ref", "data", "fd", "base", "size")
+    __slots__ = ("node", "tree", "ref", "data", "file", "fd", "base", "size")
 
     def __init__(self, node: Node, tree: Tree | None, ref: int) -> None:
         self.node, self.tree, self.ref, self.data = node, tree, ref, node.data
         ext = tree.extent(ref) if tree is not None else None
-        self.fd, self.base, self.size = ext or (-1, 0, len(node.data))
+        if ext is None:
+            self.file, self.fd, self.base = None, -1, 0
+            self.size = len(node.data) if tree is None else tree.stat(ref)[5]
+        else:
+            self.file, self.base, self.size = ext
+            self.fd = self.file.fd
 
 
 class ImgfsOps:
@@ -65,20 +65,23 @@ class ImgfsOps:
     def __init__(self, layout: Layout, archive_path: str, log: logging.Logger | None = None,
                  owner: tuple[int | None, int | None, int | None] | None = None) -> None:
         self.layout = layout
+        self.inodes = layout.inodes
         # -o uid=,gid=,umask= as libfuse 2's high-level API applies them: every entry shows that owner,
         # group, and the mode 0777 & ~umask (type bits kept); None: as stored.
         self.owner = owner if owner is not None and any(v is not None for v in owner) else None
         self.log = log or logging.getLogger("imgfs.fuse")
         self.archive_path = archive_path
-        if is_reference(archive_path):  # an image in a registry: no file to take the size and time of
+        path = local_path(archive_path)
+        if path is None:  # an image in a registry: no file to take the size and time of
             self.archive_size, self.mtime = 0, time.time()
         else:
-            st = os.stat(archive_path)
+            st = os.stat(path)
             self.archive_size, self.mtime = st.st_size, st.st_mtime
         self.uid, self.gid = os.getuid(), os.getgid()
         self.on_ready: list = []  # callables run once libfuse has mounted and called init
-        # Files being read, by inode: a read is 128 KiB at most, so a 1 GiB file asks 8192 times.
+        # Files being read, by inode: a 1 GiB file is asked for in 1024 to 8192 reads.
         self._where: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
+        self._where_lock = threading.Lock()  # reads that decompress run in other threads
         # Messages already logged, so a broken file logs one line however often it is read:
         # at most 1024 short strings (well under 1 MiB).
         self._logged: cachetools.LRUCache = cachetools.LRUCache(maxsize=1024)
@@ -101,9 +104,9 @@ class ImgfsOps:
 
     def _resolve(self, ino: int) -> tuple[Node, Tree | None, int]:
         """(node, tree, ref) of an inode; tree is None for skeleton nodes."""
-        slot = ino >> TREE_SHIFT
+        slot, is_dir, value = self.inodes.decode(ino)
         if slot == 0:
-            node = self.layout.by_ino.get(ino)
+            node = self.layout.by_ino.get(value)
             if node is None:
                 raise _err(errno.ENOENT)
             return node, None, 0
@@ -111,38 +114,48 @@ class ImgfsOps:
             raise _err(errno.ENOENT)
         node = self.layout.trees[slot - 1]
         tree = self._tree(node)
-        local = ino & _LOCAL
-        if local == 1:
-            return node, tree, tree.refs[0]
-        if local >= _DIRS:
-            n = local - _DIRS
-            if n >= len(tree.refs) or tree.parents[n] < 0:
+        if is_dir:
+            if value >= len(tree.refs) or (value and tree.parents[value] < 0):
                 raise _err(errno.ENOENT)
-            return node, tree, tree.refs[n]
-        ref = local - 2
-        idx = tree.indexes[ref >> SHIFT] if ref >> SHIFT < len(tree.indexes) else None
-        if idx is None or (ref & MASK) >= len(idx.kinds):
+            return node, tree, tree.refs[value]
+        idx = tree.indexes[value >> SHIFT] if value >> SHIFT < len(tree.indexes) else None
+        if idx is None or (value & MASK) >= len(idx.kinds):
             raise _err(errno.ENOENT)
-        return node, tree, ref
+        return node, tree, value
 
-    @staticmethod
-    def _dir_node(ino: int) -> int:
+    def _dir_node(self, ino: int) -> int:
         """The tree node of a directory inode."""
-        local = ino & _LOCAL
-        if local == 1:
-            return 0
-        if local < _DIRS:
+        _, is_dir, value = self.inodes.decode(ino)
+        if not is_dir:
             raise _err(errno.ENOTDIR)
-        return local - _DIRS
+        return value
 
-    def _label(self, where: _Where) -> str:
-        """A file's path for a log line: its tree's mount path and its member name."""
-        path = where.node.path
-        if where.tree is not None and where.ref >= 0:
-            idx = where.tree.indexes[where.ref >> SHIFT]
+    def _tree_ino(self, slot: int, node: int, ref: int, kind: int) -> int:
+        """A tree entry's inode: a directory's says its node, anything else's its reference."""
+        if kind == DIR:
+            return self.inodes.directory(slot, node)
+        return self.inodes.entry(slot, ref)
+
+    def _label(self, node: Node, tree: Tree | None, ref: int) -> str:
+        """An entry's path for a log line: its tree's mount path and its member name."""
+        path = node.path
+        if tree is not None and ref >= 0:
+            idx = tree.indexes[ref >> SHIFT]
             if idx is not None:
-                path += b"/" + (normalize(idx.names[where.ref & MASK]) or b"?")
+                path += b"/" + (normalize(idx.names[ref & MASK]) or b"?")
         return path.decode("utf-8", "backslashreplace")
+
+    def _tree_stat(self, node: Node, tree: Tree, ref: int) -> tuple[int, int, int, int, int, int, float]:
+        """tree.stat(), or EIO (logged once) for facts that no stat can carry (a uid of 2^40, say)."""
+        try:
+            st = tree.stat(ref)
+            _mode, nlink, uid, gid, rdev, size, mtime = st
+            if (nlink | uid | gid | rdev) >> 32 or size >> 63 or not -_TIME_LIMIT < mtime < _TIME_LIMIT:  # one test
+                raise ValueError("an owner, size, time or device number out of range")
+        except (OverflowError, ValueError) as e:
+            self._log_once(f"{self._label(node, tree, ref)}: cannot be shown: {e}")
+            raise _err(errno.EIO) from None
+        return st
 
     # -- metadata ---------------------------------------------------------------------------
     def lookup(self, parent: int, name: bytes) -> int:
@@ -151,11 +164,13 @@ class ImgfsOps:
 
     def lookup_stat(self, parent: int, name: bytes) -> Stat:
         """getattr() of `name` in directory `parent` (its inode first), in one step: FUSE's LOOKUP."""
-        ino, tree, cref = self._child(parent, name)
-        return self.getattr(ino) if tree is None else self._owned((ino,) + tree.stat(cref))
+        ino, node, tree, cref = self._child(parent, name)
+        if tree is None:
+            return self.getattr(ino)
+        return self._owned((ino,) + self._tree_stat(node, tree, cref))
 
-    def _child(self, parent: int, name: bytes) -> tuple[int, Tree | None, int]:
-        """(inode, tree, ref) of a directory's child; tree is None for skeleton nodes (trees not built)."""
+    def _child(self, parent: int, name: bytes) -> tuple[int, Node, Tree | None, int]:
+        """(inode, node, tree, ref) of a directory's child; tree is None for skeleton nodes."""
         node, tree, ref = self._resolve(parent)
         if tree is None:
             if node.kind != SKEL_DIR:
@@ -163,11 +178,12 @@ class ImgfsOps:
             child = self.layout.nodes.get((b"" if node.path == b"/" else node.path) + b"/" + name)
             if child is None:
                 raise _err(errno.ENOENT)
-            return child.ino, None, 0
+            return child.ino, child, None, 0
         c = tree.child(self._dir_node(parent), name)
         if c is None:
             raise _err(errno.ENOENT)
-        return (parent & ~_LOCAL) | local_ino(tree, c), tree, tree.refs[c]
+        cref = tree.refs[c]
+        return self._tree_ino(node.slot, c, cref, tree.kind_code(cref)), node, tree, cref
 
     def getattr(self, ino: int) -> Stat:
         """stat() of an inode: the entry's own mode, owner, size, mtime, nlink and its inode number."""
@@ -187,35 +203,49 @@ class ImgfsOps:
             if node.kind == SKEL_FILE:
                 return ino, stat.S_IFREG | 0o444, 1, self.uid, self.gid, 0, len(node.data), self.mtime
             return ino, stat.S_IFDIR | 0o555, 2, self.uid, self.gid, 0, 0, self.mtime
-        st = tree.stat(ref)
-        if ino & _LOCAL == 1 and ref < 0:  # a layer with no '.' entry: date its directory by the layer
+        st = self._tree_stat(node, tree, ref)
+        if ino == node.ino and ref < 0:  # a layer with no '.' entry: date its directory by the layer
             st = st[:6] + (node.mtime if node.mtime is not None else self.mtime,)
         return (ino,) + st
 
     def readdir(self, ino: int) -> list[tuple[bytes, int, int]]:
         """(name, type bits, inode) of '.', '..' and every child, sorted by name."""
+        return [e[:3] for e in self._listing(ino, False)]
+
+    def readdir_plus(self, ino: int) -> list[tuple[bytes, int, int, Stat | None]]:
+        """readdir() with each child's getattr() (None where it would cost a tree build or an error)."""
+        return self._listing(ino, True)
+
+    def _listing(self, ino: int, plus: bool) -> list[tuple[bytes, int, int, Stat | None]]:
         node, tree, ref = self._resolve(ino)
-        out = [(b".", stat.S_IFDIR, ino), (b"..", stat.S_IFDIR, ino)]
+        out: list[tuple[bytes, int, int, Stat | None]] = [(b".", stat.S_IFDIR, ino, None),
+                                                          (b"..", stat.S_IFDIR, ino, None)]
         if tree is None:
             if node.kind != SKEL_DIR:
                 raise _err(errno.ENOTDIR)
             base = b"" if node.path == b"/" else node.path
             for name in node.names:
                 child = self.layout.nodes[base + b"/" + name]
-                out.append((name, stat.S_IFREG if child.kind == SKEL_FILE else stat.S_IFDIR, child.ino))
+                # A tree's root is stat'ed only when asked for: it would build the tree (every layer's).
+                st = self.getattr(child.ino) if plus and (child.kind != TREE or child.tree is not None) else None
+                out.append((name, stat.S_IFREG if child.kind == SKEL_FILE else stat.S_IFDIR, child.ino, st))
             return out
         n = self._dir_node(ino)
-        base_ino = ino & ~_LOCAL
-        refs, name = tree.refs, tree.name
+        slot, inodes, refs, name = node.slot, self.inodes, tree.refs, tree.name
         # The kind arrays of the tree's layers, indexed as kind_code() does, without a call per child.
         kinds = [idx.kinds if idx is not None else b"" for idx in tree.indexes]
+        owned, tree_stat = self._owned, self._tree_stat
         for c in tree.kids(n):
             r = refs[c]
             k = kinds[r >> SHIFT][r & MASK] if r >= 0 else DIR
-            if k == DIR:
-                out.append((name(c), stat.S_IFDIR, base_ino | _DIRS + c))
-            else:
-                out.append((name(c), IFMT.get(k, stat.S_IFREG), base_ino | r + 2))
+            c_ino = inodes.directory(slot, c) if k == DIR else inodes.entry(slot, r)
+            st: Stat | None = None
+            if plus:
+                try:
+                    st = owned((c_ino,) + tree_stat(node, tree, r))
+                except OSError:  # logged: the entry is listed, and its LOOKUP answers EIO
+                    st = None
+            out.append((name(c), IFMT.get(k, stat.S_IFREG), c_ino, st))
         return out
 
     def readlink(self, ino: int) -> bytes:
@@ -257,7 +287,7 @@ class ImgfsOps:
 
     def lookup_path(self, path: bytes) -> int:
         """The inode of a path from the mount root, by one lookup per component (for callers outside FUSE)."""
-        ino = ROOT_INO
+        ino = MOUNT_ROOT
         for name in path.split(b"/"):
             if name:
                 ino = self.lookup(ino, name)
@@ -280,45 +310,83 @@ class ImgfsOps:
             raise _err(errno.ENXIO)
 
     def _where_of(self, ino: int) -> _Where:
-        where = self._where.get(ino)
+        with self._where_lock:
+            where = self._where.get(ino)
         if where is None:
             node, tree, ref = self._resolve(ino)
             k = tree.kind_code(ref) if tree is not None else (FILE if node.kind == SKEL_FILE else DIR)
             if k != FILE:
                 raise _err(errno.EISDIR if k == DIR else errno.EINVAL)
-            where = self._where[ino] = _Where(node, tree, ref)
+            where = _Where(node, tree, ref)
+            with self._where_lock:
+                self._where[ino] = where
         return where
 
+    def _check_archive(self, where: _Where) -> None:
+        """EIO (logged once) when the file under an extent is no longer the one that was opened.
+
+        Reads through the tree are checked by their sources; an extent is read here, so it is checked here
+        (one fstat), so that an archive rewritten in place, even with the same size, answers EIO rather
+        than other bytes.
+        """
+        if where.file is None:
+            return
+        try:
+            where.file.check()
+        except ImgfsError as e:
+            self._log_once(f"{self._label(where.node, where.tree, where.ref)}: {e}: remount it")
+            raise _err(errno.EIO) from None
+
+    def _short(self, where: _Where, got: int, want: int) -> OSError:
+        self._log_once(f"{self._label(where.node, where.tree, where.ref)}: the archive gave fewer bytes than"
+                       " asked for (was it truncated?)")
+        return _err(errno.EIO)
+
     def read(self, ino: int, size: int, offset: int) -> bytes:
-        """Bytes of a file; EIO (logged once) when the archive cannot serve them."""
+        """Bytes of a file, all of them (to its end) or EIO, logged once, when the archive cannot serve them."""
         where = self._where_of(ino)
         if offset < 0:
             raise _err(errno.EINVAL)
         if where.tree is None:
             return where.data[offset:offset + size]
+        want = max(0, min(size, where.size - offset))
+        self._check_archive(where)
         try:
-            return where.tree.read(where.ref, offset, size)
+            data = where.tree.read(where.ref, offset, size)
         except (ImgfsError, OSError) as e:
-            self._log_once(f"{self._label(where)}: {e}")
+            self._log_once(f"{self._label(where.node, where.tree, where.ref)}: {e}")
             raise _err(errno.EIO) from None
+        if len(data) != want:
+            raise self._short(where, len(data), want)
+        self._check_archive(where)  # changed while it was read: these bytes may be the new file's
+        return data
 
-    def locate_read(self, ino: int, size: int, offset: int) -> tuple[int, int, int] | bytes:
-        """Where a read's bytes are: (fd, position, count) for libfuse to read itself, else the bytes."""
+    def read_into(self, ino: int, size: int, offset: int, buf: memoryview) -> int | None:
+        """Read a file's bytes that lie as they are in the archive into `buf` (len(buf) >= size) and return
+        their count, all of them or EIO; None when they must be decompressed: use read() (it may be slow)."""
         where = self._where_of(ino)
         if offset < 0:
             raise _err(errno.EINVAL)
         if where.fd < 0:
-            return self.read(ino, size, offset)
+            if where.tree is not None:
+                return None
+            data = where.data[offset:offset + size]
+            buf[:len(data)] = data
+            return len(data)
         want = max(0, min(size, where.size - offset))
-        end = where.base + offset + want
+        if not want:
+            return 0
+        self._check_archive(where)
         try:
-            if want and os.fstat(where.fd).st_size < end:
-                raise _err(errno.EIO)  # libfuse would send the short read as if it were the whole file
+            got = os.preadv(where.fd, [buf[:want]], where.base + offset)
         except OSError as e:
-            self._log_once(f"{self._label(where)}: the archive changed: "
-                           + ("it is now shorter than this file's data" if e.errno == errno.EIO else e.strerror))
+            self._log_once(f"{self._label(where.node, where.tree, where.ref)}: {e.strerror}")
             raise _err(errno.EIO) from None
-        return where.fd, where.base + offset, want
+        if got != want:
+            self._check_archive(where)  # the better reason, if it is the one
+            raise self._short(where, got, want)
+        self._check_archive(where)  # changed while it was read: these bytes may be the new file's
+        return got
 
     # -- lifecycle --------------------------------------------------------------------------
     def init(self) -> None:
@@ -327,5 +395,6 @@ class ImgfsOps:
             cb()
 
     def destroy(self) -> None:
-        """Unmounted: nothing is left to release here (the archive is closed by mount())."""
-        self._where.clear()
+        """Unmounted: forget the files being read (the archive itself is closed by mount())."""
+        with self._where_lock:
+            self._where.clear()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ..errors import FormatError
 from .base import BlobStore
 
-__all__ = ["BlobStore", "absolute", "is_reference", "is_stream", "open_store", "split_transport"]
+__all__ = ["BlobStore", "absolute", "is_reference", "is_stream", "local_path", "open_store", "split_transport"]
 
 
 def _tarball(name: str, path: str, ref: str | None, options: dict[str, object]) -> BlobStore:
@@ -96,6 +96,13 @@ def absolute(name: str) -> str:
     if prefix.endswith("://"):
         return name
     return prefix + os.path.abspath(rest) + (":" + ref if ref else "")
+
+
+def local_path(name: str) -> str | None:
+    """The file or directory on this machine that `name` names (its transport prefix and ref taken off),
+    or None for a network reference."""
+    prefix, rest, _ = split_transport(name)
+    return None if prefix is not None and prefix.endswith("://") else rest
 
 
 def is_reference(name: str) -> bool:

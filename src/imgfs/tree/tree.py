@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from ..errors import FormatError, NotFoundError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, KIND_NAMES, MAX_LINK_HOPS, SYMLINK, MemberIndex
-from ..tarindex.source import Source, local_file
+from ..tarindex.source import FileSource, Source, local_file
 from .refs import MASK, SHIFT
 
 ROOT_INO = 1
@@ -345,10 +345,11 @@ class Tree:
                 rdev = os.makedev(*dev)
         return _S_IFMT[k] | idx.modes[i], nlink, idx.uids[i], idx.gids[i], rdev, size, idx.mtime(i)
 
-    def extent(self, ref: int) -> tuple[int, int, int] | None:
-        """(fd, offset, size) when a file's bytes lie as they are in a plain file (an uncompressed layer).
+    def extent(self, ref: int) -> tuple[FileSource, int, int] | None:
+        """(file, offset, size) when a file's bytes lie as they are in a plain file (an uncompressed layer).
 
-        Lets a caller read them straight from the archive (zero-copy); None means: use read().
+        Lets a caller read them straight from the file (its `fd`), checking it with `check()`; None means:
+        use read().
         """
         if ref < 0:
             return None
@@ -359,7 +360,7 @@ class Tree:
         at = local_file(src) if src is not None else None
         if at is None or at[0].fd < 0:
             return None
-        return at[0].fd, at[1] + idx.offsets[i], idx.sizes[i]
+        return at[0], at[1] + idx.offsets[i], idx.sizes[i]
 
     def xattrs(self, ref: int) -> dict[str, bytes]:
         """Extended attributes recorded for a member (PAX SCHILY/LIBARCHIVE)."""
