@@ -14,7 +14,7 @@ from .archive import Image, Layer
 from .errors import ImgfsError
 from .tarindex.reader import FILE, KIND_NAMES
 from .tree import Tree, merged_tree
-from .tree.tree import MASK, SHIFT
+from .tree.refs import layer_refs
 
 WHITEOUT = b".wh."
 # What can differ between two versions of a path, in the order a Change lists them.
@@ -58,15 +58,16 @@ class LayerChanges(NamedTuple):
 
 def _file_size(tree: Tree, ref: int) -> int:
     """Content size of a regular file reference, read straight from its layer's index (this runs per path)."""
-    return tree.indexes[ref >> SHIFT].sizes[ref & MASK]  # type: ignore[union-attr]
+    idx, i = tree.member(ref)  # type: ignore[misc]
+    return idx.sizes[i]
 
 
 def _own_files(tree: Tree, position: int) -> dict[int, int]:
     """ref -> size of the regular files stored in layer `position` that `tree` shows (markers left out)."""
-    lo, hi = position << SHIFT, (position + 1) << SHIFT
+    own = layer_refs(position)
     out: dict[int, int] = {}
     for key, ref in tree.nodes.items():
-        if lo <= ref < hi and ref not in out and tree.kind_code(ref) == FILE \
+        if ref in own and ref not in out and tree.kind_code(ref) == FILE \
                 and not key.rpartition(b"/")[2].startswith(WHITEOUT):
             out[ref] = _file_size(tree, ref)
     return out

@@ -4,14 +4,14 @@ An inode says where an entry is, so that nothing is remembered per inode:
   skeleton entries (the root, image dirs, layers/, config.json ...): 1, 2, 3 ... (the mount root is 1)
   tree entries: slot << (W + 1) | is_dir << W | value, where slot is the tree's place in the layout (>= 1),
   value a directory's tree node or anything else's member reference (hard links share one), and W the
-  width of a reference of the image with the most layers. References are layer << 32 | member, so W grows
-  with the layer count: the widths are chosen per mount and checked, and no two entries share a number.
+  width of a reference of the image with the most layers. References grow with the layer count
+  (tree/refs.py), so W does too: the widths are chosen per mount and checked, and no two entries share a number.
 """
 
 from __future__ import annotations
 
 from ..errors import ImgfsError
-from ..tree.tree import SHIFT
+from ..tree.refs import ref_bits
 
 MOUNT_ROOT = 1  # the inode the kernel asks for as the mount's root
 INODE_BITS = 64  # FUSE node ids and st_ino are 64-bit
@@ -23,7 +23,7 @@ class Inodes:
     __slots__ = ("width", "slot_shift", "local_mask", "dir_bit")
 
     def __init__(self, trees: int, layers: int) -> None:
-        self.width = max(1, (max(layers, 1) - 1).bit_length()) + SHIFT  # bits of the biggest reference
+        self.width = ref_bits(layers)
         self.slot_shift = self.width + 1
         if trees.bit_length() + self.slot_shift > INODE_BITS:
             raise ImgfsError(f"an image of {layers} layers cannot be mounted (its inode numbers would collide):"
@@ -61,7 +61,7 @@ def max_layers(images: int = 1) -> int:
     best = 1
     for bits in range(1, INODE_BITS):
         layers = 1 << bits
-        if (images * (layers + 1) + 1).bit_length() + bits + SHIFT + 1 > INODE_BITS:
+        if (images * (layers + 1) + 1).bit_length() + ref_bits(layers) + 1 > INODE_BITS:
             break
         best = layers
     return best

@@ -26,7 +26,6 @@ from ..stores import local_path
 from ..tarindex.reader import DIR, FILE, SYMLINK, normalize
 from ..tree import Tree
 from ..tree.tree import _S_IFMT as IFMT
-from ..tree.tree import MASK, SHIFT
 from .inodes import MOUNT_ROOT
 from .layout import DIR as SKEL_DIR
 from .layout import FILE as SKEL_FILE
@@ -118,8 +117,7 @@ class ImgfsOps:
             if value >= len(tree.refs) or (value and tree.parents[value] < 0):
                 raise _err(errno.ENOENT)
             return node, tree, tree.refs[value]
-        idx = tree.indexes[value >> SHIFT] if value >> SHIFT < len(tree.indexes) else None
-        if idx is None or (value & MASK) >= len(idx.kinds):
+        if tree.member(value) is None:
             raise _err(errno.ENOENT)
         return node, tree, value
 
@@ -139,10 +137,9 @@ class ImgfsOps:
     def _label(self, node: Node, tree: Tree | None, ref: int) -> str:
         """An entry's path for a log line: its tree's mount path and its member name."""
         path = node.path
-        if tree is not None and ref >= 0:
-            idx = tree.indexes[ref >> SHIFT]
-            if idx is not None:
-                path += b"/" + (normalize(idx.names[ref & MASK]) or b"?")
+        found = tree.member(ref) if tree is not None else None
+        if found is not None:
+            path += b"/" + (normalize(found[0].names[found[1]]) or b"?")
         return path.decode("utf-8", "backslashreplace")
 
     def _tree_stat(self, node: Node, tree: Tree, ref: int) -> tuple[int, int, int, int, int, int, float]:
@@ -233,11 +230,10 @@ class ImgfsOps:
         n = self._dir_node(ino)
         slot, inodes, refs, name = node.slot, self.inodes, tree.refs, tree.name
         # The kind arrays of the tree's layers, indexed as kind_code() does, without a call per child.
-        kinds = [idx.kinds if idx is not None else b"" for idx in tree.indexes]
-        owned, tree_stat = self._owned, self._tree_stat
+        owned, tree_stat, kind = self._owned, self._tree_stat, tree.kind_code
         for c in tree.kids(n):
             r = refs[c]
-            k = kinds[r >> SHIFT][r & MASK] if r >= 0 else DIR
+            k = kind(r)
             c_ino = inodes.directory(slot, c) if k == DIR else inodes.entry(slot, r)
             st: Stat | None = None
             if plus:
@@ -253,8 +249,7 @@ class ImgfsOps:
         _, tree, ref = self._resolve(ino)
         if tree is None or tree.kind_code(ref) != SYMLINK:
             raise _err(errno.EINVAL)
-        idx = tree.indexes[ref >> SHIFT]
-        return idx.links.get(ref & MASK, b"") if idx is not None else b""
+        return tree.link_target(ref)
 
     def listxattr(self, ino: int) -> list[bytes]:
         """Names of the entry's extended attributes (from PAX records)."""

@@ -26,6 +26,11 @@ def member_of(ref: int) -> int:
     return ref & MASK
 
 
+def ref_bits(layers: int) -> int:
+    """How many bits the biggest reference of an image of `layers` layers takes."""
+    return max(1, (max(layers, 1) - 1).bit_length()) + SHIFT
+
+
 def layer_refs(layer: int) -> range:
     """Every reference a member of `layer` can have (`ref in layer_refs(p)` is a cheap range test)."""
     return range(layer << SHIFT, (layer + 1) << SHIFT)
