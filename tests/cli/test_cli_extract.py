@@ -7,39 +7,27 @@ import os
 import pytest
 
 from clihelp import assert_one_line_error, run
-from conftest import IMAGES, truth_index
-from truthlib import diff, listing_from_dir, load_truth
+from conftest import IMAGES
+from truthlib import diff, image_truth, listing_from_dir, portable
 
 AS_ROOT = os.geteuid() == 0
 
 
-def _truth(name: str) -> dict:
-    return load_truth(truth_index()[name]["images"][0]["rootfs_truth"][0])
-
-
-def _portable(listing: dict) -> dict:
-    """Without root, owners cannot be kept: compare everything else."""
-    if AS_ROOT:
-        return listing
-    return {p: {k: v for k, v in r.items() if k not in ("uid", "gid")} for p, r in listing.items()
-            if r["type"] not in ("char", "block")}
-
-
 @pytest.mark.parametrize("name", ["seed.docker-oci.tar", "links.docker-legacy.tar", "links.skopeo-oci-zstd.tar",
                                   "meta.skopeo-oci-gzip.tar", "whiteout.podman-oci.tar", "multistage.docker-oci.tar"])
-def test_extract_whole_rootfs_equals_truth(capsysbinary, tmp_path, name):
+def test_extract_whole_rootfs_equalsimage_truth(capsysbinary, tmp_path, name):
     out = tmp_path / "out"
     res = run(capsysbinary, "extract", IMAGES / name, "/", "-o", out)
     assert res.rc == 0, res.err
     assert "extracted" in res.err and res.out == b""
-    assert diff(_portable(_truth(name)), _portable(listing_from_dir(out))) == []
+    assert diff(portable(image_truth(name)), portable(listing_from_dir(out))) == []
 
 
 def test_extract_directory_keeps_its_path_and_links(capsysbinary, tmp_path):
     out = tmp_path / "out"
     res = run(capsysbinary, "extract", IMAGES / "links.docker-oci.tar", "/srv/dir", "/srv/data", "-o", out)
     assert res.rc == 0, res.err
-    want = {p: r for p, r in _truth("links.docker-oci.tar").items() if p.startswith(("/srv/dir/", "/srv/data/"))
+    want = {p: r for p, r in image_truth("links.docker-oci.tar").items() if p.startswith(("/srv/dir/", "/srv/data/"))
             or p in ("/srv/dir", "/srv/data")}
     del want["/srv/data/orig.txt"]["nlink"]  # its other link, /srv/hl-to-lower, was not asked for
     got = {p: r for p, r in listing_from_dir(out).items() if p not in ("/", "/srv")}

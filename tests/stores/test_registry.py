@@ -9,15 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli.clihelp import assert_one_line_error, run
 
 import imgfs
-from cli.test_cli_extract import _portable, _truth  # the tarball's truth, as the extract tests compare it
+from clihelp import assert_one_line_error, run
 from conftest import truth_index
 from imgfs.errors import UsageError
 from imgfs.stores.reference import parse
 from tarmaker import F, config_for, tar_of
-from truthlib import diff, listing_from_dir, listing_from_tree, load_truth
+from truthlib import diff, image_truth, listing_from_dir, listing_from_tree, load_truth, portable
 
 
 def _fixtures() -> list[str]:
@@ -52,7 +51,7 @@ def test_extract_from_the_registry_gives_the_tarballs_truth(name: str, registry,
     ref = registry.push(name)
     res = run(capsysbinary, "extract", ref, "/", "-o", tmp_path / "out")
     assert res.rc == 0, res.err
-    assert diff(_portable(_truth(name)), _portable(listing_from_dir(tmp_path / "out"))) == []
+    assert diff(portable(image_truth(name)), portable(listing_from_dir(tmp_path / "out"))) == []
 
 
 @pytest.mark.parametrize("name", _fixtures())
@@ -60,7 +59,7 @@ def test_the_mount_of_a_registry_image_gives_the_tarballs_truth(name: str, regis
                                                                 tmp_path: Path) -> None:
     ref = registry.push(name)
     mp = mount_registry(ref, cache_dir=str(tmp_path / "cache"))
-    problems = diff(_truth(name), listing_from_dir(mp / "merged"))
+    problems = diff(image_truth(name), listing_from_dir(mp / "merged"))
     assert not problems, "\n".join(problems[:20])
     with imgfs.open_archive(ref, use_cache=False) as a:
         assert sorted(os.listdir(mp / "layers")) == sorted(la.name for la in a.images[0].layers)
@@ -82,7 +81,7 @@ def _check_zstd(ref: str, name: str, capsysbinary, tmp_path: Path) -> None:
         assert {la.compression for la in a.images[0].layers} == {"zstd"}
     res = run(capsysbinary, "extract", ref, "/", "-o", tmp_path / "out")
     assert res.rc == 0, res.err
-    assert diff(_portable(_truth(name)), _portable(listing_from_dir(tmp_path / "out"))) == []
+    assert diff(portable(image_truth(name)), portable(listing_from_dir(tmp_path / "out"))) == []
 
 
 def test_a_multi_platform_index_lists_its_platforms_and_platform_picks_one(registry, capsysbinary) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from cli.clihelp import assert_one_line_error, run
+
+from clihelp import assert_one_line_error, run
 
 SEED = "seed.podman-docker.tar"
 USER, PASSWORD = "alice", "s3cret-pw"

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from cli.clihelp import assert_one_line_error, run
 
 import imgfs
+from clihelp import assert_one_line_error, run
 from tarmaker import F, config_for, tar_of
 
 SEED = "seed.podman-docker.tar"
