@@ -10,8 +10,6 @@ from clihelp import assert_one_line_error, run
 from conftest import IMAGES
 from truthlib import diff, image_truth, listing_from_dir, portable
 
-AS_ROOT = os.geteuid() == 0
-
 
 @pytest.mark.parametrize("name", ["seed.docker-oci.tar", "links.docker-legacy.tar", "links.skopeo-oci-zstd.tar",
                                   "meta.skopeo-oci-gzip.tar", "whiteout.podman-oci.tar", "multistage.docker-oci.tar"])
