@@ -13,7 +13,7 @@ from truthlib import diff, image_truth, listing_from_dir, portable
 
 @pytest.mark.parametrize("name", ["seed.docker-oci.tar", "links.docker-legacy.tar", "links.skopeo-oci-zstd.tar",
                                   "meta.skopeo-oci-gzip.tar", "whiteout.podman-oci.tar", "multistage.docker-oci.tar"])
-def test_extract_whole_rootfs_equalsimage_truth(capsysbinary, tmp_path, name):
+def test_extract_whole_rootfs_equals_truth(capsysbinary, tmp_path, name):
     out = tmp_path / "out"
     res = run(capsysbinary, "extract", IMAGES / name, "/", "-o", out)
     assert res.rc == 0, res.err
