@@ -16,7 +16,7 @@ import zstandard
 
 import imgfs
 from conftest import IMAGES
-from imgfs.tarindex.compressed import SPOOL_BLOCK
+from imgfs.tarindex.compressed import SPOOL_BLOCK, CheckedSpool, SpoolDamaged, _SpoolWriter
 from tarmaker import ArchiveBuilder, F, tar_of
 from truthlib import listing_from_tree
 
@@ -124,3 +124,29 @@ def test_forty_compressed_layers_read_with_32_descriptors(tmp_path: Path, run: s
     assert sorted(proc.stdout.split()) == sorted(f"l{n}" for n in range(40))
     assert "corrupt" not in proc.stderr and "Too many" not in proc.stderr
     shutil.rmtree(cache)
+
+
+def test_a_checked_spool_serves_any_range_and_refuses_any_damaged_block(tmp_path: Path) -> None:
+    data = random.Random(2).randbytes(5 * SPOOL_BLOCK + 1234)
+    path = tmp_path / "spool"
+    with open(path, "wb") as fh:
+        w = _SpoolWriter(fh)
+        for at in range(0, len(data), 7777):  # writes that never line up with blocks
+            w.write(data[at:at + 7777])
+        w.finish()
+    spool = CheckedSpool(os.open(path, os.O_RDONLY), str(path))
+    rng = random.Random(3)
+    cases = [(0, len(data)), (0, 1), (len(data) - 1, 1), (SPOOL_BLOCK - 1, 2), (SPOOL_BLOCK, SPOOL_BLOCK)]
+    cases += [(o, rng.randrange(0, len(data) - o + 1)) for o in (rng.randrange(len(data)) for _ in range(200))]
+    for off, n in cases:
+        assert spool.pread(off, n) == data[off:off + n], (off, n)
+    spool.close()
+    raw = bytearray(path.read_bytes())
+    raw[3 * SPOOL_BLOCK + 5] ^= 0x80
+    path.write_bytes(bytes(raw))
+    spool = CheckedSpool(os.open(path, os.O_RDONLY), str(path))
+    assert spool.pread(0, 3 * SPOOL_BLOCK) == data[:3 * SPOOL_BLOCK]  # the blocks before are whole
+    for off, n in ((3 * SPOOL_BLOCK + 5, 1), (3 * SPOOL_BLOCK - 1, 2), (4 * SPOOL_BLOCK - 1, 1), (0, len(data))):
+        with pytest.raises(SpoolDamaged):
+            spool.pread(off, n)
+    spool.close()

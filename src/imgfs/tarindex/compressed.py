@@ -304,20 +304,33 @@ class CheckedSpool(SourceBase):
         self.size = size
 
     def pread(self, offset: int, length: int) -> bytes:
-        """Exactly `length` bytes at `offset`, each block they lie in checked; SpoolDamaged if one fails."""
+        """Exactly `length` bytes at `offset`, each block they lie in checked; SpoolDamaged if one fails.
+
+        The bytes asked for are read as they are (no copy); the parts of their first and last blocks
+        outside them are read apart, and every block's CRC is chained over its pieces.
+        """
         if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedError(f"read of {length} bytes at {offset} past the end of a {self.size}-byte spool")
         if not length:
             return b""
-        first, last = offset // SPOOL_BLOCK, (offset + length - 1) // SPOOL_BLOCK
-        start = first * SPOOL_BLOCK
-        buf = self.file.pread(start, min(self.size, (last + 1) * SPOOL_BLOCK) - start)
-        mv, crcs, crc32 = memoryview(buf), self.crcs, zlib.crc32
+        end = offset + length
+        first, last = offset // SPOOL_BLOCK, (end - 1) // SPOOL_BLOCK
+        start, stop = first * SPOOL_BLOCK, min(self.size, (last + 1) * SPOOL_BLOCK)
+        read = self.file.pread
+        data = read(offset, length)
+        head = read(start, offset - start) if offset > start else b""
+        tail = read(end, stop - end) if stop > end else b""
+        mv, crcs, crc32 = memoryview(data), self.crcs, zlib.crc32
+        at = 0
         for k in range(first, last + 1):
-            at = (k - first) * SPOOL_BLOCK
-            if crc32(mv[at:at + SPOOL_BLOCK]) != crcs[k]:
+            upto = min(length, (k + 1) * SPOOL_BLOCK - offset)
+            crc = crc32(mv[at:upto], crc32(head) if k == first else 0)
+            if k == last:
+                crc = crc32(tail, crc)
+            if crc != crcs[k]:
                 raise SpoolDamaged(f"{self.file.path}: block {k} fails its checksum (the cached copy is damaged)")
-        return buf[offset - start:offset - start + length] if (offset, length) != (start, len(buf)) else buf
+            at = upto
+        return data
 
     def close(self) -> None:
         """Close the spool's descriptor."""
