@@ -284,3 +284,12 @@ def test_a_deleted_or_renamed_over_file_is_no_change(tmp_path: Path) -> None:
         assert src.pread(5, 10) == PAYLOAD[5:15]
     finally:
         src.close()
+
+
+@pytest.mark.parametrize("first", [3 << 20, (1 << 20) - 1, 1 << 20, (1 << 20) + 1])
+def test_gzip_members_whose_output_exceeds_a_call_are_read_once(opener: Opener, first: int) -> None:
+    # Decompression returns at most 1 MiB a call: a member ending just after such a call must hand the
+    # next member's bytes on once, not twice.
+    a = random.Random(first).randbytes(first // 2) + bytes(first - first // 2)
+    b = b"the next member" * 1000
+    assert _read_all(opener, gzip.compress(a) + gzip.compress(b) + gzip.compress(a)) == (a + b + a, "gzip")

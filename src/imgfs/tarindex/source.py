@@ -332,6 +332,10 @@ class _Inflater:
 
     def unused(self) -> bytes:
         """Bytes fed past the end of the member or frame: the next one's."""
+        if self.kind == "gzip":
+            # zlib moves all input left at the member's end into unused_data; unconsumed_tail may still hold
+            # a stale copy of it from the bounded call before (taking both would read it twice).
+            return self._d.unused_data
         return self._d.unused_data + self._tail
 
 
