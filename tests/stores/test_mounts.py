@@ -4,45 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-import imgfs.fuse
 from attestmaker import buildx_archive
 from conftest import IMAGES, truth_index
 from layouts import oci_layout, skopeo_dir, unpacked
 from truthlib import diff, listing_from_dir, load_truth
-
-
-def _mounted(path: Path) -> bool:
-    target = os.fsencode(os.path.abspath(path)).replace(b" ", b"\\040")
-    with open("/proc/mounts", "rb") as fh:
-        return any(line.split(b" ")[1] == target for line in fh)
-
-
-@pytest.fixture
-def mount(need_fuse: None, tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """mount(place, **kw) -> mountpoint, in the background; every mount is undone at the end, even on failure."""
-    points: list[Path] = []
-
-    def do(place: str | Path, **kw: object) -> Path:
-        mp = tmp_path / f"mnt{len(points)}"
-        mp.mkdir()
-        points.append(mp)
-        imgfs.fuse.mount(str(place), str(mp), cache_dir=str(tmp_path / "cache"), log_file=str(mp) + ".log", **kw)
-        return mp
-
-    try:
-        yield do
-    finally:
-        for mp in points:
-            for args in (["-u"], ["-uz"]):
-                if _mounted(mp):
-                    subprocess.run(["fusermount", *args, str(mp)], capture_output=True)
-
 
 PLACES = {
     "unpacked docker save (>= 25)": ("seed.docker-oci.tar", lambda a, d: unpacked(a, d)),

@@ -55,10 +55,10 @@ def test_extract_from_the_registry_gives_the_tarballs_truth(name: str, registry,
 
 
 @pytest.mark.parametrize("name", _fixtures())
-def test_the_mount_of_a_registry_image_gives_the_tarballs_truth(name: str, registry, mount_registry,
+def test_the_mount_of_a_registry_image_gives_the_tarballs_truth(name: str, registry, mount,
                                                                 tmp_path: Path) -> None:
     ref = registry.push(name)
-    mp = mount_registry(ref, cache_dir=str(tmp_path / "cache"))
+    mp = mount(ref, cache_dir=str(tmp_path / "cache"))
     problems = diff(image_truth(name), listing_from_dir(mp / "merged"))
     assert not problems, "\n".join(problems[:20])
     with imgfs.open_archive(ref, use_cache=False) as a:
@@ -152,18 +152,18 @@ def test_images_and_layer_names_download_no_layer_and_cat_of_the_top_layer_no_ot
     assert p.blob_bytes[layers[-1]] <= sizes[layers[-1]] + 64  # one pass over it (and its first bytes)
 
 
-def test_a_second_mount_of_the_same_image_downloads_no_blob(registry, proxy, mount_registry,
+def test_a_second_mount_of_the_same_image_downloads_no_blob(registry, proxy, mount,
                                                             tmp_path: Path) -> None:
     ref = registry.push("whiteout.docker-legacy.tar")
     p = proxy()
     via = ref.replace(registry.host, p.host)
     cache = str(tmp_path / "cache")
-    mp = mount_registry(via, cache_dir=cache)
+    mp = mount(via, cache_dir=cache)
     first = listing_from_dir(mp / "merged")
     assert p.blob_bytes
     subprocess.run(["fusermount", "-u", str(mp)], check=True)
     p.reset()
-    mp2 = mount_registry(via, cache_dir=cache)
+    mp2 = mount(via, cache_dir=cache)
     assert listing_from_dir(mp2 / "merged") == first
     for path in (mp2 / "merged").rglob("*"):
         if path.is_file() and not path.is_symlink():
@@ -203,11 +203,11 @@ def test_schema1_is_refused_clearly(registry, proxy, capsysbinary) -> None:
 
 
 def test_listing_the_layers_of_a_mount_downloads_no_layer_and_reading_one_only_that_one(
-        registry, proxy, mount_registry, tmp_path: Path) -> None:
+        registry, proxy, mount, tmp_path: Path) -> None:
     ref = registry.push("seed.docker-legacy.tar")
     _, config, layers = _sizes(ref)
     p = proxy()
-    mp = mount_registry(ref.replace(registry.host, p.host), cache_dir=str(tmp_path / "cache"))
+    mp = mount(ref.replace(registry.host, p.host), cache_dir=str(tmp_path / "cache"))
     names = sorted(os.listdir(mp / "layers"))
     assert len(names) == 4
     assert set(p.blob_bytes) <= {config}, p.blob_bytes

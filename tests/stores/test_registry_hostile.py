@@ -192,14 +192,14 @@ def test_transient_failures_are_retried(registry, proxy, capsysbinary, tmp_path)
     assert failures["n"] == 3
 
 
-def test_a_mount_answers_eio_when_the_registry_fails_and_stays_up(registry, regtools, proxy, mount_registry,
+def test_a_mount_answers_eio_when_the_registry_fails_and_stays_up(registry, regtools, proxy, mount,
                                                                   tmp_path: Path) -> None:
     big = os.urandom(3 << 20)
     layer = tar_of([F("a.txt", b"first\n"), F("big.bin", big), F("z.txt", b"last\n")])
     regtools.push_image(registry.host, "eio", "t1", [(layer, regtools.OCI_LAYER)], config_for([layer]))
     p = proxy()
     log = tmp_path / "mount.log"
-    mp = mount_registry(f"docker://{p.host}/eio:t1", cache_dir=str(tmp_path / "cache"), log_file=str(log),
+    mp = mount(f"docker://{p.host}/eio:t1", cache_dir=str(tmp_path / "cache"), log_file=str(log),
                         store_options={"timeout": 1})
     assert (mp / "merged" / "a.txt").read_bytes() == b"first\n"
 
