@@ -35,6 +35,10 @@ def test_a_first_find_over_merged_sends_no_lookup_for_what_readdirplus_returned(
     found = subprocess.run(["find", merged], capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(found) > 100
     dirs = {os.lstat(p).st_ino for p in found if os.path.isdir(p) and not os.path.islink(p)}  # cached: no request
+    size = -1
+    while size != log.stat().st_size:  # libfuse's own lines come through a thread under --debug
+        size = log.stat().st_size
+        time.sleep(0.3)
     lines = log.read_text().splitlines()[before:]
     lookups = [m for m in (re.search(r"DEBUG LOOKUP (\d+) ", ln) for ln in lines) if m]
     inside = [m.group(0) for m in lookups if int(m.group(1)) in dirs]

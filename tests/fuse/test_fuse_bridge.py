@@ -6,6 +6,7 @@ import ctypes
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,11 @@ def test_a_directory_listed_over_many_requests_is_whole_every_time(mounter, big_
 
 
 def _requests(log: Path) -> list[str]:
+    """The opcodes logged so far, once libfuse's lines (passed on by a thread under --debug) stop coming."""
+    size = -1
+    while size != log.stat().st_size:
+        size = log.stat().st_size
+        time.sleep(0.3)
     return re.findall(r"opcode: ([A-Z_]+)", log.read_text())
 
 
