@@ -235,8 +235,9 @@ class Image:
         """Each layer's member index and bytes, bottom first (lists shared with the image's trees).
 
         A layer that cannot be read raises a FormatError naming it; with `partial` (default: the `partial`
-        attribute) what can be read of it is used instead (None if nothing), and warned of. A truncated layer is not unreadable: its complete
-        members are there, the cut one reads as an I/O error, and a warning names it.
+        attribute) what can be read of it is used instead (None if nothing), and warned of. A truncated
+        layer is not unreadable: its complete members are there, the cut one reads as an I/O error, and a
+        warning names it.
         """
         self._read_layers()
         for why in self._unreadable.values():
