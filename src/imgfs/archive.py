@@ -165,6 +165,7 @@ class Image:
         ]
         self._lock = threading.Lock()  # the small caches below
         self._merged_lock = threading.Lock()  # held through the (long) merged build only
+        self._read_lock = threading.Lock()  # held while one layer is read (_read_layer)
         self._merged: Tree | None = None
         self._link_refs: dict[int, int] = {}
         self._layer_trees: dict[int, Tree] = {}
@@ -212,8 +213,13 @@ class Image:
         own tree, but counts as unreadable: what follows the damage, whiteouts too, is lost. One that
         merely ends early (truncated) does not: nothing after the cut exists to be lost.
         """
-        if self._indexes[position] is not None or position in self._unreadable:
-            return
+        # One reader at a time: the mount's prebuild and its first lookup would otherwise both scan every layer.
+        with self._read_lock:
+            if self._indexes[position] is not None or position in self._unreadable:
+                return
+            self._read_layer_locked(position)
+
+    def _read_layer_locked(self, position: int) -> None:
         layer = self.layers[position]
         try:
             idx, src = layer.index(), layer.source()
