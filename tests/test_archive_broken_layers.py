@@ -71,3 +71,22 @@ def test_a_truncated_archive_keeps_the_members_before_the_cut(tmp_path: Path, cu
             with pytest.raises(FormatError, match="cut off"):
                 b"".join(tree.read_all(last))
     assert any("truncated" in w for w in warnings), warnings
+
+
+def test_a_layer_damaged_part_way_is_not_merged_as_if_it_ended_there(tmp_path: Path) -> None:
+    # A corrupt header after the new passwd: the whiteout of the backdoor behind it is lost, so the merged
+    # view would show the backdoor. The layer's own tree keeps what lies before the damage.
+    good = tar_of([F("etc/passwd", b"root:new\n")])
+    damaged = good[:1024] + b"\xff" * 512 + tar_of([WH("etc/backdoor")])
+    b = ArchiveBuilder()
+    b.oci_index([b.oci_image([LOWER, damaged])])
+    warnings: list[str] = []
+    with imgfs.open_archive(b.save(tmp_path / "damaged.tar"), use_cache=False, warn=warnings.append) as a:
+        img = a.images[0]
+        with pytest.raises(FormatError, match=r"layer 2 .* is damaged after 1 entries: corrupt tar header.*stale"):
+            img.merged()
+        top = img.layer_tree(1)
+        assert b"".join(top.read_all(top.file("etc/passwd"))) == b"root:new\n"
+        partial = img.merged(partial=True)  # what can be read of it, and a warning that says so
+        assert b"".join(partial.read_all(partial.file("etc/passwd"))) == b"root:new\n"
+        assert any(w.startswith("partial view: layer 2") for w in warnings), warnings

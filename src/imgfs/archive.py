@@ -106,6 +106,7 @@ class Image:
         ]
         self._lock = threading.Lock()  # the small caches below
         self._merged_lock = threading.Lock()  # held through the (long) merged build only
+        self._read_lock = threading.Lock()  # held while one layer is read (_read_layer)
         self._merged: Tree | None = None
         self._link_refs: dict[int, int] = {}
         self._layer_trees: dict[int, Tree] = {}
@@ -150,38 +151,50 @@ class Image:
         """The statements attached to this image (SBOM, provenance ...): (file name, bytes), named by predicate type."""
         return attestation_files(self.archive.artifacts, self.digest, self.archive.blobs, self.archive.warn)
 
-    def _read_layer(self, position: int) -> str | None:
-        """Fill in one layer's index and bytes; why it cannot be read, if it cannot."""
-        if self._indexes[position] is not None:
-            return None
-        if position not in self._unreadable:
-            layer = self.layers[position]
-            try:
-                idx, src = layer.index(), layer.source()
-                self._sources[position] = src
-                self._indexes[position] = idx
-            except ImgfsError as e:
-                self._unreadable[position] = f"layer {layer.number} ({layer.member}) cannot be read: {e}"
-            else:
-                for why in idx.skipped[:_SHOWN_SKIPPED]:
-                    self.archive.warn(f"layer {layer.number}: {why}; left out")
-                if len(idx.skipped) > _SHOWN_SKIPPED:
-                    self.archive.warn(f"layer {layer.number}: {len(idx.skipped) - _SHOWN_SKIPPED} more entries "
-                                      "left out")
-        return self._unreadable.get(position)
+    def _read_layer(self, position: int) -> None:
+        """Fill in one layer's index and bytes, or note why the merged root cannot have it (_unreadable).
+
+        A layer that went bad part way (a corrupt header, a refused PAX record) keeps its index, for its
+        own tree, but counts as unreadable: what follows the damage, whiteouts too, is lost. One that
+        merely ends early (truncated) does not: nothing after the cut exists to be lost.
+        """
+        # One reader at a time: the mount's prebuild and its first lookup would otherwise both scan every layer.
+        with self._read_lock:
+            if self._indexes[position] is not None or position in self._unreadable:
+                return
+            self._read_layer_locked(position)
+
+    def _read_layer_locked(self, position: int) -> None:
+        layer = self.layers[position]
+        try:
+            idx, src = layer.index(), layer.source()
+        except ImgfsError as e:
+            self._unreadable[position] = f"layer {layer.number} ({layer.member}) cannot be read: {e}"
+        else:
+            self._sources[position] = src
+            self._indexes[position] = idx
+            if idx.error and not idx.truncated:
+                self._unreadable[position] = (f"layer {layer.number} ({layer.member}) is damaged after "
+                                              f"{len(idx)} entries: {idx.error}")
+            for why in idx.skipped[:_SHOWN_SKIPPED]:
+                self.archive.warn(f"layer {layer.number}: {why}; left out")
+            if len(idx.skipped) > _SHOWN_SKIPPED:
+                self.archive.warn(f"layer {layer.number}: {len(idx.skipped) - _SHOWN_SKIPPED} more entries "
+                                  "left out")
 
     def layer_inputs(self, partial: bool | None = None) -> tuple[list[MemberIndex | None], list[Source | None]]:
         """Each layer's member index and bytes, bottom first (lists shared with the image's trees).
 
         A layer that cannot be read raises a FormatError naming it; with `partial` (default: the `partial`
-        attribute) it is None instead, and warned of. A truncated layer is not unreadable: its complete
-        members are there, the cut one reads as an I/O error, and a warning names it.
+        attribute) what can be read of it is used instead (None if nothing), and warned of. A truncated
+        layer is not unreadable: its complete members are there, the cut one reads as an I/O error, and a
+        warning names it.
         """
         self._read_layers()
         for why in self._unreadable.values():
             if not (self.partial if partial is None else partial):
                 raise FormatError(f"{why}; without it the merged root would be a stale view")
-            self.archive.warn(f"partial view: {why}; the merged root lacks its changes")
+            self.archive.warn(f"partial view: {why}; the merged root lacks what it cannot read")
         return self._indexes, self._sources
 
     def merged(self, partial: bool | None = None) -> Tree:
@@ -216,9 +229,9 @@ class Image:
         if tree is not None:
             return tree
         check_layer_count(len(self.layers))
-        why = self._read_layer(position)
-        if why is not None:
-            raise FormatError(why)
+        self._read_layer(position)
+        if self._indexes[position] is None:
+            raise FormatError(self._unreadable[position])
 
         def link_refs() -> dict[int, int]:
             # Hard links into lower layers resolve as the merged build resolved them (LAYER-RULES rule 21);

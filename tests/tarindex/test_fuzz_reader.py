@@ -11,7 +11,7 @@ from conftest import fuzz_derandomize, fuzz_examples
 from imgfs.errors import ImgfsError
 from imgfs.tarindex import meta_digest, scan
 from imgfs.tree import layer_tree, merged_tree
-from tarmaker import END, BytesSource, D, F, H, header, member, pax, tar_of
+from tarmaker import END, BytesSource, D, F, H, header, member, pad, pax, tar_of
 
 
 def _seeds() -> list[bytes]:
@@ -29,7 +29,28 @@ def _seeds() -> list[bytes]:
             + member(b"short", b"data")
             + member(b"././@LongLink", b"L" * 300 + b"\0", typeflag=b"L") + member(b"x", b"y")
             + header(b"S", typeflag=b"S", size=0) + END)
-    return [tar_of(members, fmt) for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT)] + [hand]
+    return [tar_of(members, fmt) for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT)] + [hand, _sparse_seed()]
+
+
+def _sparse_seed() -> bytes:
+    """One sparse member of each format: GNU 'S' (with an extension block), PAX 0.0, 0.1 and 1.0."""
+    gnu = bytearray(header(b"gnu", typeflag=b"S", size=1024))
+    gnu[386:434] = b"%011o\0%011o\0" % (100, 512) + b"%011o\0%011o\0" % (900, 256)
+    gnu[482], gnu[483:495] = 1, b"%011o\0" % 3000
+    gnu[148:156] = b" " * 8
+    gnu[148:156] = b"%06o\0 " % sum(gnu)
+    ext = bytearray(512)
+    ext[:24] = b"%011o\0%011o\0" % (2000, 256)
+    data = bytes(range(256)) * 4
+    recs = {b"GNU.sparse.size": b"4000", b"GNU.sparse.name": b"p01", b"GNU.sparse.map": b"10,300,3000,212"}
+    v10 = {b"GNU.sparse.major": b"1", b"GNU.sparse.minor": b"0", b"GNU.sparse.name": b"p10",
+           b"GNU.sparse.realsize": b"5000"}
+    return (bytes(gnu) + bytes(ext) + data
+            + pax([(b"GNU.sparse.size", b"700"), (b"GNU.sparse.offset", b"5"), (b"GNU.sparse.numbytes", b"200"),
+                   (b"GNU.sparse.offset", b"600"), (b"GNU.sparse.numbytes", b"100")]) + member(b"p00", data[:300])
+            + pax(recs) + member(b"GNUSparseFile.7/p01", data[:512])
+            + pax(v10) + member(b"GNUSparseFile.7/p10", pad(b"2\n0\n100\n4000\n50\n") + data[:150])
+            + member(b"after", b"x") + END)
 
 
 SEEDS = _seeds()

@@ -15,7 +15,7 @@ import imgfs
 from imgfs.errors import FormatError
 from imgfs.tarindex import FileSource, MemberIndex, scan
 from imgfs.tree import MAX_LAYERS, Tree, merged_tree
-from tarmaker import END, ArchiveBuilder, D, F, S, header, index_of, member, merge, pax
+from tarmaker import END, ArchiveBuilder, D, F, S, header, index_of, member, merge, pax, tar_of
 
 N = 100_000  # a million is the real-world worst case, too slow for CI: this is the same code at a tenth
 TESTS = Path(__file__).resolve().parent.parent
@@ -86,8 +86,9 @@ def test_one_path_written_over_and_over_merges_in_linear_time() -> None:
     n = 25_000
     members = [F("etc/x", b"%d" % k) for k in range(n)]
     members += [D("flip") if k % 2 else F("flip", b"f") for k in range(n)] + [F("flip/in", b"in")]
+    data = tar_of(members)  # (tarfile alone takes seconds on a busy machine: not timed)
     t0 = time.perf_counter()
-    tree = merge(members)
+    tree = merge(data)
     assert time.perf_counter() - t0 < 10  # ~0.3 s here; quadratic took minutes
     assert b"".join(tree.read_all(tree.file("etc/x"))) == b"%d" % (n - 1)
     assert tree.listdir("flip") == [b"in"] and len(tree) == 5  # root, etc, etc/x, flip, flip/in

@@ -131,6 +131,7 @@ class MemberIndex:
         self.sparse: dict[int, SparseMap] = {}  # sparse members: where their stored segments go
         self.skipped: list[str] = []  # members left out (invalid names ...)
         self.error: str | None = None  # set when the stream ended early or went bad; members so far stay
+        self.truncated = False  # the error is the stream ending early: nothing after the members kept is lost
         self.end = 0  # offset just past the last member's data
         # sha256 of every byte the index was made from (see meta_digest); None when it cannot vouch
         self.meta_digest: str | None = None
@@ -356,7 +357,7 @@ def scan(src: Source, progress: Callable[[int, int], None] | None = None,
                 progress(off, total)
                 next_progress = off + (64 << 20)
     except FormatError as e:
-        idx.error = str(e)
+        idx.error, idx.truncated = str(e), isinstance(e, TruncatedError)
         if not kinds and off == 0:
             if str(e).startswith("not a tar archive"):
                 raise

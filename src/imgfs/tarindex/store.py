@@ -63,7 +63,7 @@ def dump_index(idx: MemberIndex, stream_size: int, out: BinaryIO | None = None) 
         "devices": {i: list(v) for i, v in idx.devices.items()},
         "xattrs": {i: {k: lat(v) for k, v in x.items()} for i, x in idx.xattrs.items()},
         "broken": idx.broken, "frac": idx.mtime_frac, "md": idx.meta_digest,
-        "sparse": {i: m.flat() for i, m in idx.sparse.items()},
+        "sparse": {i: m.flat() for i, m in idx.sparse.items()}, "truncated": idx.truncated,
         "dirs": len(names.dirs), "bounds": names.bounds.typecode,
         "types": [getattr(idx, name).typecode for name in _ARRAYS],
     }
@@ -133,6 +133,7 @@ def load_index(data: bytes | BinaryIO) -> tuple[MemberIndex, int]:
     idx.broken = {int(i): str(v) for i, v in meta["broken"].items()}
     idx.mtime_frac = {int(i): float(v) for i, v in meta["frac"].items()}
     idx.error, idx.skipped, idx.end = meta["error"], list(meta["skipped"]), int(meta["end"])
+    idx.truncated = meta["truncated"] is True
     try:
         idx.sparse = {int(i): SparseMap.from_flat(v, idx.sizes[int(i)], idx.end) for i, v in meta["sparse"].items()}
     except SparseError as e:
