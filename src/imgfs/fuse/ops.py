@@ -24,6 +24,7 @@ import cachetools
 from ..errors import ImgfsError
 from ..stores import local_path
 from ..tarindex.reader import DIR, FILE, SYMLINK, normalize
+from ..tarindex.source import SourceChanged
 from ..tree import Tree
 from ..tree.tree import _S_IFMT as IFMT
 from .inodes import MOUNT_ROOT
@@ -318,18 +319,19 @@ class ImgfsOps:
         return where
 
     def _check_archive(self, where: _Where) -> None:
-        """EIO (logged once) when the file under an extent is no longer the one that was opened.
+        """EIO (logged once) when the file under the entry is no longer the one that was mounted.
 
-        Reads through the tree are checked by their sources; an extent is read here, so it is checked here
-        (one fstat), so that an archive rewritten in place, even with the same size, answers EIO rather
-        than other bytes.
+        Checked around every read (one fstat), so that an archive rewritten in place, even with the same
+        size, answers EIO rather than other bytes, whether the bytes are read here (an extent) or by the tree.
         """
-        if where.file is None:
-            return
         try:
-            where.file.check()
-        except ImgfsError as e:
-            self._log_once(f"{self._label(where.node, where.tree, where.ref)}: {e}: remount it")
+            if where.file is not None:
+                where.file.check()
+            elif where.tree is not None:
+                where.tree.check(where.ref)
+        except SourceChanged as e:
+            self._log_once(f"{self._label(where.node, where.tree, where.ref)}: the archive changed while mounted "
+                           f"({e.why} differs): remount it")
             raise _err(errno.EIO) from None
 
     def _short(self, where: _Where, got: int, want: int) -> OSError:

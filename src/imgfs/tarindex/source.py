@@ -46,6 +46,10 @@ class Source(Protocol):
 class SourceChanged(FormatError):
     """The file under a source changed (size, mtime, ctime) since it was opened: its old index no longer fits."""
 
+    def __init__(self, message: str, why: str = "its contents") -> None:
+        super().__init__(message)
+        self.why = why  # what differs, for a caller's own message
+
 
 class OutOfDescriptors(ImgfsError):
     """The process may open no more files (ulimit -n): said in one line, never taken for damage."""
@@ -174,7 +178,9 @@ class FileSource(SourceBase):
         if st.st_ctime_ns == ctime and st.st_mtime_ns == mtime and st.st_size == size:
             return
         if st.st_size != size or st.st_mtime_ns != mtime or st.st_nlink == nlink:
-            raise SourceChanged(f"{self.path}: the file changed since it was opened; open it again")
+            why = "its size" if st.st_size != size else "its modification or change time"
+            raise SourceChanged(f"{self.path}: the file changed since it was opened ({why} differs); open it again",
+                                why)
         # Only a link was made or removed (the archive deleted, or replaced by a rename): the bytes are the
         # same. From now on, a change of ctime is measured from here.
         self._stamp = (size, mtime, st.st_ctime_ns, st.st_nlink)

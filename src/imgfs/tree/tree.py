@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from ..errors import FormatError, NotFoundError
 from ..tarindex.reader import BLOCKDEV, CHAR, DIR, FIFO, FILE, KIND_NAMES, MAX_LINK_HOPS, SYMLINK, MemberIndex
-from ..tarindex.source import FileSource, Source, local_file
+from ..tarindex.source import FileSource, Source, check_source, local_file
 from .refs import MASK, SHIFT
 
 ROOT_INO = 1
@@ -361,6 +361,11 @@ class Tree:
         if at is None or at[0].fd < 0:
             return None
         return at[0], at[1] + idx.offsets[i], idx.sizes[i]
+
+    def check(self, ref: int) -> None:
+        """Raise SourceChanged if the bytes under the layer of `ref` changed since they were opened."""
+        if ref >= 0 and self.sources[ref >> SHIFT] is not None:
+            check_source(self.sources[ref >> SHIFT])  # type: ignore[arg-type]
 
     def xattrs(self, ref: int) -> dict[str, bytes]:
         """Extended attributes recorded for a member (PAX SCHILY/LIBARCHIVE)."""
