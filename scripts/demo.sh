@@ -9,7 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 run imgfs layers "$IMG"
 run imgfs find "$IMG" --name trace.log
 run imgfs cat "$IMG" /app/trace.log --layer trace.log
-if [ -e /dev/fuse ] && command -v fusermount >/dev/null; then
+if [ -e /dev/fuse ] && { command -v fusermount3 || command -v fusermount; } >/dev/null; then
     mnt=$(mktemp -d)
     trap 'imgfs umount "$mnt" 2>/dev/null || true; rmdir "$mnt"' EXIT
     run imgfs mount "$IMG" "$mnt"
