@@ -8,7 +8,7 @@ import sys
 
 from ..archive import Archive, Image, Layer, open_archive
 from ..errors import FormatError, NotFoundError, UsageError
-from ..stores import is_reference, is_stream, split_transport
+from ..stores import is_stream, local_path
 from ..tree import Entry, Tree
 from .output import Ui, json_name, json_path
 
@@ -29,8 +29,8 @@ def open_for(args: argparse.Namespace, ui: Ui) -> Archive:
         keep = [args.path] if args.command == "cat" else list(args.paths) if args.command == "extract" else []
         return open_stream_archive(sys.stdin.buffer if args.archive == "-" else args.archive, keep=keep,
                                    subtrees=args.command == "extract", warn=ui.warn)
-    if not is_reference(args.archive):
-        _, path, _ = split_transport(args.archive)
+    path = local_path(args.archive)  # None: a registry reference, nothing on disk to look at
+    if path is not None:
         try:
             os.stat(path)
         except OSError as e:  # say it once and plainly, before the engine tries to parse anything

@@ -26,7 +26,7 @@ from ..stores import local_path
 from ..tarindex.reader import DIR, FILE, SYMLINK, normalize
 from ..tarindex.source import SourceChanged
 from ..tree import Tree
-from ..tree.tree import _S_IFMT as IFMT
+from ..tree.tree import S_IFMT as IFMT
 from .inodes import MOUNT_ROOT
 from .layout import DIR as SKEL_DIR
 from .layout import FILE as SKEL_FILE

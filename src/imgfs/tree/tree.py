@@ -16,8 +16,8 @@ from .refs import MASK, SHIFT
 
 ROOT_INO = 1
 _IMPLIED_INO_BASE = 1 << 62
-_S_IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: stat.S_IFCHR,
-           BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}
+S_IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: stat.S_IFCHR,
+           BLOCKDEV: stat.S_IFBLK, FIFO: stat.S_IFIFO}  # tar kind -> st_mode file type bits
 _NO_TEXT = (b"", array("I"))
 
 
@@ -40,7 +40,7 @@ class Entry(NamedTuple):
     @property
     def st_mode(self) -> int:
         """Type bits and permission bits, as stat() gives them."""
-        return _S_IFMT[_KIND_CODES[self.kind]] | self.mode
+        return S_IFMT[_KIND_CODES[self.kind]] | self.mode
 
     @property
     def display_path(self) -> str:
@@ -343,7 +343,7 @@ class Tree:
             size, nlink = 0, 1
             if dev and k != FIFO:
                 rdev = os.makedev(*dev)
-        return _S_IFMT[k] | idx.modes[i], nlink, idx.uids[i], idx.gids[i], rdev, size, idx.mtime(i)
+        return S_IFMT[k] | idx.modes[i], nlink, idx.uids[i], idx.gids[i], rdev, size, idx.mtime(i)
 
     def extent(self, ref: int) -> tuple[FileSource, int, int] | None:
         """(file, offset, size) when a file's bytes lie as they are in a plain file (an uncompressed layer).
